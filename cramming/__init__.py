@@ -1,0 +1,3 @@
+"""cramming: pretrain BERT-style language models under a fixed compute budget."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,48 @@
+"""Hook points through which training methods plug into the one engine.
+
+A method (layer dropping, stacking, selective backprop, RHO-Loss, extra cost charging)
+subclasses :class:`TrainingHook` and overrides only what it needs; the loop body itself
+holds no method logic. Hooks run in the order given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from cramming.backend.engine import Trainer
+
+
+@dataclass
+class Microbatch:
+    """One masked microbatch on its way into the model."""
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    example_ids: torch.Tensor
+
+
+class TrainingHook:
+    """No-op base class; every method has a safe default."""
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        """Called once, after a resume has been applied."""
+
+    def before_step(self, trainer: Trainer) -> None:
+        """Called before each optimizer step's microbatches (e.g. depth schedules)."""
+
+    def select_batch(self, trainer: Trainer, batch: Microbatch) -> Microbatch:
+        """Return the (possibly reduced) microbatch to train on (batch selection)."""
+        return batch
+
+    def after_step(self, trainer: Trainer, record: dict) -> None:
+        """Called after each optimizer step with the step's metrics record."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned."""

@@ -1,0 +1,44 @@
+"""Optimizer construction with weight-decay groups chosen by parameter type."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cramming.config.schema import OptimConfig
+
+NORM_TYPES = (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm, nn.BatchNorm1d)
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices; exempt norm parameters, biases and scalar scales.
+
+    Decided by the owning module's type and the tensor's rank, never by name substrings,
+    so a renamed layer cannot silently start decaying its LayerNorm gains.
+    """
+    decay, no_decay, seen = [], [], set()
+    for module in model.modules():
+        for param in module.parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            exempt = isinstance(module, NORM_TYPES) or param.ndim < 2
+            (no_decay if exempt else decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig,
+                    device: torch.device) -> torch.optim.Optimizer:
+    """AdamW or Adam over :func:`parameter_groups`; fused kernels where the device has them."""
+    groups = parameter_groups(model, cfg.weight_decay)
+    fused = cfg.fused if cfg.fused is not None else device.type == "cuda"
+    kwargs = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, **kwargs)
+    if cfg.name == "adam":
+        # Adam's decay is L2 in the gradient; keep the same exemptions.
+        return torch.optim.Adam(groups, **kwargs)
+    raise ValueError(f"unknown optimizer {cfg.name}")

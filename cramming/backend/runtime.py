@@ -1,0 +1,115 @@
+"""Device, precision, seeding and run metadata: the environment a run executes in."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cramming.config.schema import ImplConfig
+from cramming.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Runtime:
+    """Resolved device and precision with the matching autocast context."""
+
+    device: torch.device
+    dtype: torch.dtype  # autocast dtype; float32 means autocast off
+
+    @property
+    def precision(self) -> str:
+        return {v: k for k, v in PRECISIONS.items()}[self.dtype]
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    @property
+    def needs_grad_scaler(self) -> bool:
+        return self.dtype == torch.float16
+
+
+def resolve_runtime(impl: ImplConfig) -> Runtime:
+    """Pick the device and precision; fail early when the request cannot be honoured."""
+    if impl.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(impl.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("impl.device=cuda but no CUDA device is available. "
+                              "Use impl.device=cpu or impl.device=auto.")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise ConfigError("impl.device=mps but MPS is not available. Use impl.device=auto.")
+    precision = impl.precision
+    if precision == "auto":
+        use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        precision = "bf16" if use_bf16 else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("impl.precision=fp16 needs CUDA (GradScaler); on CPU use fp32 or bf16.")
+    if impl.threads:
+        torch.set_num_threads(impl.threads)
+    if impl.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return Runtime(device=device, dtype=PRECISIONS[precision])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def write_git_info(run_dir: Path) -> None:
+    """Save the code version next to the run: commit hash and uncommitted diff."""
+    repo = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str:
+        try:
+            result = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True,
+                                    timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return result.stdout if result.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD").strip() or "unknown (not a git checkout)"
+    (run_dir / "git_commit.txt").write_text(commit + "\n")
+    (run_dir / "git_diff.patch").write_text(git("diff", "HEAD"))
+
+
+def describe_machine(runtime: Runtime) -> str:
+    threads = torch.get_num_threads()
+    name = torch.cuda.get_device_name(runtime.device) if runtime.device.type == "cuda" else "cpu"
+    return f"{name} ({runtime.device}, {runtime.precision}, {threads} threads, pid {os.getpid()})"

@@ -1,0 +1,46 @@
+"""Shared plumbing of the command-line entry points (kept free of heavy imports).
+
+The config is validated before torch, transformers or datasets are imported, so a bad
+override fails within a second or two instead of after the imports.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from omegaconf import DictConfig
+
+from cramming.errors import CrammingError
+
+T = TypeVar("T")
+log = logging.getLogger("cramming")
+
+
+def exit_on_error(function: Callable[..., T], *args, **kwargs) -> T:
+    """Run ``function``; report a :class:`CrammingError` as one clear line and exit 2."""
+    try:
+        return function(*args, **kwargs)
+    except CrammingError as error:
+        log.error("%s", error)
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def hydra_output_dir() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def pretrain_main(raw_cfg: DictConfig) -> dict:
+    """Entry of ``pretrain_bert.py``: validate, then pretrain in Hydra's output folder."""
+    from cramming.config import load_pretrain_config
+
+    cfg = exit_on_error(load_pretrain_config, raw_cfg)
+    from cramming.pretrain import run_pretraining
+
+    return exit_on_error(run_pretraining, cfg, hydra_output_dir())

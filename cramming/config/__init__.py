@@ -1,0 +1,123 @@
+"""Config loading: Hydra YAML -> validated, typed dataclasses.
+
+``CONFIG_DIR`` holds the YAML groups. :func:`to_typed` turns a composed ``DictConfig``
+into a schema dataclass and raises :class:`~cramming.errors.ConfigError` naming the key
+and the allowed values on any unknown key, wrong type or invalid option.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from cramming.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = CONFIG_DIR.parent
+
+T = TypeVar("T")
+
+
+def package_path(relative: str) -> str:
+    """Absolute path of a file shipped inside the ``cramming`` package."""
+    return str(PACKAGE_DIR / relative)
+
+
+def _is_true(value: object) -> bool:
+    return str(value).lower() in ("true", "1", "yes")
+
+
+def run_dir(base_dir: str, name: str, job: str, resume: object = False) -> str:
+    """Folder of a run: ``<base_dir>/<name>/<job>/<date>_<time>``.
+
+    With ``resume`` true or ``auto``, the newest existing run of that name is reused so
+    its checkpoints, metrics and logs continue in place.
+    """
+    root = Path(base_dir).expanduser().resolve() / name / job
+    if _is_true(resume) or str(resume).lower() == "auto":
+        previous = sorted(p for p in root.glob("*_*") if p.is_dir()) if root.is_dir() else []
+        if previous:
+            return str(previous[-1])
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    return str(root / stamp)
+
+
+def register_resolvers() -> None:
+    """Register the OmegaConf resolvers our YAML files use (idempotent)."""
+    if not OmegaConf.has_resolver("package_path"):
+        OmegaConf.register_new_resolver("package_path", package_path)
+    if not OmegaConf.has_resolver("cramming_run_dir"):
+        OmegaConf.register_new_resolver("cramming_run_dir", run_dir, use_cache=True)
+
+
+def _allowed_keys(schema_node: object) -> str:
+    if isinstance(schema_node, DictConfig):
+        return ", ".join(str(k) for k in schema_node.keys())
+    return "(none)"
+
+
+def to_typed(cfg: DictConfig | Mapping, schema: type[T], choices: Mapping[str, tuple] = ()) -> T:
+    """Validate ``cfg`` against the dataclass ``schema`` and return a typed instance.
+
+    ``choices`` maps dotted keys to their allowed values.
+    """
+    base = OmegaConf.structured(schema)
+    try:
+        merged = OmegaConf.merge(base, cfg)
+    except ConfigKeyError as error:
+        key = error.full_key or error.key
+        parent = ".".join(str(key).split(".")[:-1])
+        node = OmegaConf.select(base, parent) if parent else base
+        raise ConfigError(
+            f"Unknown config key '{key}'. Allowed keys{' of ' + parent if parent else ''}: "
+            f"{_allowed_keys(node)}"
+        ) from None
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None) or getattr(error, "key", "?")
+        message = str(error).splitlines()[0]
+        raise ConfigError(f"Invalid value for config key '{key}': {message}") from None
+    for key, allowed in dict(choices).items():
+        value = OmegaConf.select(merged, key, throw_on_missing=False)
+        if value not in allowed:
+            raise ConfigError(
+                f"Invalid value {key}={value!r}. Allowed values: {', '.join(map(str, allowed))}"
+            )
+    try:
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"Invalid configuration: {str(error).splitlines()[0]}") from None
+
+
+register_resolvers()
+
+
+def compose(config_name: str = "pretrain",
+            overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Compose a config like the command line would, without starting a Hydra run."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+    # Outside a Hydra run there is no hydra node to interpolate; drop it.
+    cfg = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
+    return cfg
+
+
+def load_pretrain_config(cfg: DictConfig | Mapping):
+    """Validate a composed pretraining config and return a typed ``PretrainConfig``."""
+    from cramming.config.checks import check_pretrain_config
+    from cramming.config.schema import CHOICES, PretrainConfig
+
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
+    typed = to_typed(cfg, PretrainConfig, CHOICES)
+    check_pretrain_config(typed)
+    return typed

@@ -1,0 +1,187 @@
+"""Typed schema of every config group.
+
+Hydra composes YAML files from ``cramming/config``; :func:`cramming.config.validate`
+merges the result into these dataclasses, so an unknown key or a wrong type fails at
+start-up with the key's name. Option values that must come from a fixed set are listed
+in ``CHOICES`` and checked there too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# Allowed values of string-valued options, checked at start-up ("key": allowed values).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "budget_kind": ("hours", "steps", "tokens"),
+    "arch.model_type": ("crammed", "hf-bert"),
+    "arch.norm": ("layernorm", "rmsnorm"),
+    "arch.norm_scheme": ("pre", "post"),
+    "arch.ffn": ("glu", "mlp"),
+    "arch.activation": ("gelu", "relu", "silu"),
+    "arch.position_embedding": ("scaled-sinusoidal", "sinusoidal", "learned"),
+    "arch.attention_impl": ("auto", "sdpa", "flash-attn", "eager"),
+    "data.source": ("wikiextractor", "text", "jsonl", "hf"),
+    "data.tokenizer": ("wordpiece", "bpe", "unigram", "pretrained"),
+    "train.objective": ("mlm",),
+    "train.scheduler": ("triangle", "one-cycle", "cosine", "linear", "constant", "inverse-sqrt"),
+    "train.optim.name": ("adamw", "adam"),
+    "impl.device": ("auto", "cpu", "cuda", "mps"),
+    "impl.precision": ("auto", "fp32", "bf16", "fp16"),
+    "wandb.mode": ("offline", "online", "disabled"),
+}
+
+
+@dataclass
+class ArchConfig:
+    """Model architecture. ``vocab_size`` is not here: it comes from the tokenizer."""
+
+    name: str = "crammed-bert"
+    model_type: str = "crammed"  # crammed: our encoder; hf-bert: transformers.BertForMaskedLM
+    num_layers: int = 16
+    hidden_size: int = 768
+    num_heads: int = 12
+    intermediate_size: int = 3072  # for glu: width of each of the two branches
+    max_seq_length: int = 128  # positions the embedding supports
+    norm: str = "layernorm"
+    norm_eps: float = 1e-12
+    norm_scheme: str = "pre"
+    final_norm: bool = True
+    embedding_norm: bool = True
+    linear_bias: bool = False
+    ffn: str = "glu"
+    activation: str = "gelu"
+    position_embedding: str = "scaled-sinusoidal"
+    tie_weights: bool = True
+    prediction_head: bool = True  # dense + activation + norm before the decoder
+    sparse_prediction: bool = True  # decode only masked positions
+    # If set, decode exactly round(fraction * tokens) positions per batch (static shapes).
+    fixed_masked_fraction: float | None = None
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    init_std: float = 0.02
+    type_vocab_size: int = 0  # 0: no token-type embedding
+    attention_impl: str = "auto"
+
+
+@dataclass
+class DataConfig:
+    """Pretraining corpus, tokenizer and packing."""
+
+    name: str = "demo"
+    source: str = "wikiextractor"
+    paths: list[str] = field(default_factory=list)  # files, folders or globs (local sources)
+    hf_name: str | None = None  # hub dataset id for source=hf, e.g. "allenai/c4"
+    hf_config: str | None = None
+    hf_split: str = "train"
+    # data_files for source=hf, passed verbatim (local files/globs, or patterns inside the hub repo)
+    hf_data_files: list[str] = field(default_factory=list)
+    streaming: bool = True
+    text_field: str = "text"
+    max_documents: int | None = None
+    min_document_chars: int = 32  # shorter documents (title-only stubs) are skipped
+    tokenizer: str = "wordpiece"
+    pretrained_tokenizer: str | None = None  # name or path, for tokenizer=pretrained
+    vocab_size: int = 32768
+    lowercase: bool = True
+    strip_accents: bool = True
+    tokenizer_train_documents: int | None = None  # cap on documents used to train it
+    seq_length: int = 128
+    val_fraction: float = 0.01
+    shuffle_seed: int = 0
+    num_proc: int = 0  # 0: all cores
+    tokenize_batch_size: int = 1000
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-12
+    weight_decay: float = 0.01
+    fused: bool | None = None  # None: fused when the device supports it
+
+
+@dataclass
+class TrainConfig:
+    """Training recipe: optimizer, schedules (functions of budget progress), objective."""
+
+    name: str = "bert-o4"
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    batch_size: int = 8192  # sequences per optimizer step
+    batch_size_ramp: float = 0.6  # budget fraction over which the batch grows; 0: off
+    scheduler: str = "triangle"
+    warmup: float = 0.5  # budget fraction of linear warmup
+    cooldown: float = 0.5  # budget fraction of the final decay (triangle / one-cycle)
+    min_lr_ratio: float = 0.0
+    gradient_clipping: float | None = 0.5
+    objective: str = "mlm"
+    mask_prob: float = 0.25
+    mask_prob_end: float | None = None  # linear masking-rate schedule when set
+    mask_token_prob: float = 0.8  # of masked positions: replaced by [MASK]
+    random_token_prob: float = 0.1  # of masked positions: replaced by a random token
+    exact_mask_count: bool = False  # mask exactly round(p * maskable) tokens per sequence
+    log_every_steps: int = 10
+    checkpoint_every_minutes: float = 30.0
+    checkpoint_every_steps: int | None = None
+    keep_checkpoints: int = 2
+    validate_at_end: bool = True
+    val_batches: int = 50
+
+
+@dataclass
+class ImplConfig:
+    """How to run: device, precision, compilation, batch splitting."""
+
+    name: str = "default"
+    microbatch_size: int = 128
+    device: str = "auto"
+    precision: str = "auto"  # auto: bf16 on CUDA with support, else fp32
+    compile: bool = False
+    compile_mode: str | None = None
+    threads: int | None = None
+    deterministic: bool = False
+    progress_bar: bool = True
+
+
+@dataclass
+class WandbConfig:
+    name: str = "none"
+    enabled: bool = False
+    project: str = "cramming"
+    entity: str | None = None
+    mode: str = "offline"
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PretrainConfig:
+    name: str = "default"
+    budget: float = 24.0
+    budget_kind: str = "hours"
+    seed: int = 0
+    base_dir: str = "outputs"
+    dryrun: bool = False
+    resume: Any = False  # false | true | auto
+    arch: ArchConfig = field(default_factory=ArchConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    impl: ImplConfig = field(default_factory=ImplConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
+class ValidateConfig:
+    """validate_bert.py: which model, which data, how to mask."""
+
+    name: str | None = None
+    base_dir: str = "outputs"
+    model_path: str | None = None
+    mask_prob: float = 0.15
+    seed: int = 0
+    batch_size: int = 64
+    max_batches: int | None = None
+    split: str = "val"
+    impl: ImplConfig = field(default_factory=ImplConfig)
+    data: DataConfig | None = None

@@ -1,0 +1,74 @@
+"""Typed schema of ``eval.py``'s config (``cramming/config/eval.yaml`` + ``eval/*.yaml``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from omegaconf import DictConfig
+
+from cramming.config import to_typed
+from cramming.config.schema import CHOICES, ImplConfig
+from cramming.errors import ConfigError
+from cramming.evaluation.tasks import get_task
+
+EVAL_CHOICES: dict[str, tuple[str, ...]] = {
+    "eval.scheduler": ("cosine", "linear", "constant"),
+    "eval.source": ("auto", "files", "hub"),
+    "impl.device": CHOICES["impl.device"],
+    "impl.precision": CHOICES["impl.precision"],
+}
+
+
+@dataclass
+class EvalSettings:
+    """A fine-tuning preset: which tasks, from where, and the recipe applied to each."""
+
+    name: str = "GLUE_sane"
+    tasks: list[str] = field(default_factory=lambda: ["rte"])
+    data_dir: str | None = None  # folder with glue/ and superglue/ (official layout)
+    source: str = "auto"  # auto: files under data_dir when present, else the HF hub
+    seeds: list[int] = field(default_factory=list)  # empty: [seed]
+    lr: float = 4e-5
+    batch_size: int = 16
+    epochs: int = 5
+    scheduler: str = "cosine"
+    warmup: float = 0.1  # < 1: fraction of each task's own steps; >= 1: steps
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-12
+    gradient_clipping: float | None = None
+    classifier_dropout: float = 0.1
+    max_seq_length: int = 128
+    eval_batch_size: int = 128
+    # Caps for quick runs (demo, smoke tests); null means the full split.
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+    predict_test: bool = True  # write leaderboard files for test splits that exist
+
+
+@dataclass
+class EvalConfig:
+    name: str = "default"  # pretraining run to evaluate (and where results go)
+    base_dir: str = "outputs"
+    seed: int = 0
+    model_path: str | None = None  # explicit model folder; else newest run of `name`
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    impl: ImplConfig = field(default_factory=ImplConfig)
+
+
+def validate_eval_config(cfg: DictConfig | Mapping) -> EvalConfig:
+    """Typed, validated eval config; ConfigError naming the key (and unknown task names)."""
+    typed = to_typed(cfg, EvalConfig, EVAL_CHOICES)
+    settings = typed.eval
+    typed.eval.tasks = [get_task(name).name for name in settings.tasks]
+    if not settings.tasks:
+        raise ConfigError("eval.tasks is empty: name at least one task.")
+    for key in ("lr", "batch_size", "epochs", "max_seq_length", "eval_batch_size"):
+        if getattr(settings, key) <= 0:
+            raise ConfigError(f"eval.{key} must be positive, got {getattr(settings, key)}.")
+    if settings.warmup < 0:
+        raise ConfigError(f"eval.warmup must be >= 0, got {settings.warmup}.")
+    if not settings.seeds:
+        settings.seeds = [typed.seed]
+    return typed

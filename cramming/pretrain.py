@@ -1,0 +1,114 @@
+"""Pretraining job: typed config -> data -> model -> engine -> model folder.
+
+``pretrain_bert.py`` (and the method-specific entry points) reach :func:`run_pretraining`
+through :func:`cramming.cli.pretrain_main`; tests and tools call it directly with a typed
+config and a run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from cramming.architectures import build_model
+from cramming.backend.checkpoint import latest_checkpoint, save_model_folder
+from cramming.backend.engine import Trainer
+from cramming.backend.hooks import TrainingHook
+from cramming.backend.metrics import MetricsLogger, append_jsonl, plot_loss_curve
+from cramming.backend.runtime import (
+    describe_machine,
+    resolve_runtime,
+    seed_everything,
+    write_git_info,
+)
+from cramming.backend.validation import evaluate_mlm
+from cramming.config.schema import PretrainConfig
+from cramming.data import MLMMasker, prepare_data
+from cramming.errors import CheckpointError
+
+log = logging.getLogger("cramming")
+
+DRYRUN_STEPS = 2
+
+
+def data_cache_root(cfg: PretrainConfig) -> Path:
+    return Path(cfg.base_dir).expanduser().resolve() / "data"
+
+
+def build_masker(cfg: PretrainConfig, tokenizer) -> MLMMasker:
+    return MLMMasker.from_tokenizer(tokenizer, mask_token_prob=cfg.train.mask_token_prob,
+                     random_token_prob=cfg.train.random_token_prob,
+                     exact_count=cfg.train.exact_mask_count)
+
+
+def run_pretraining(cfg: PretrainConfig, run_dir: Path,
+                    hooks: Sequence[TrainingHook] = ()) -> dict:
+    """Pretrain under ``cfg``'s budget in ``run_dir``; returns a summary dict.
+
+    With ``cfg.resume`` true/auto and a checkpoint in ``run_dir``, training continues
+    from it exactly (weights, optimizer, data cursor, RNG, budget clock).
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resume = str(cfg.resume).lower()
+    if resume != "false" and (run_dir / "model" / "arch.json").is_file():
+        log.info("Run %s already finished; its model is in %s", run_dir, run_dir / "model")
+        return json.loads((run_dir / "summary.json").read_text())
+    if resume == "true" and latest_checkpoint(run_dir) is None:
+        raise CheckpointError(f"resume=true but run '{cfg.name}' has no checkpoint in "
+                              f"{run_dir / 'checkpoints'}; start it with resume=false.")
+
+    resolved = dataclasses.asdict(cfg)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
+    write_git_info(run_dir)
+    seed_everything(cfg.seed)
+    runtime = resolve_runtime(cfg.impl)
+    log.info("Run %s in %s on %s", cfg.name, run_dir, describe_machine(runtime))
+
+    prepared = prepare_data(cfg.data, cache_root=data_cache_root(cfg))
+    tokenizer = prepared.tokenizer
+    model = build_model(cfg.arch, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    log.info("Model %s: %.2fM parameters; %d training sequences of %d tokens",
+             cfg.arch.name, model.num_parameters() / 1e6, len(prepared.train),
+             prepared.train.seq_length)
+    masker = build_masker(cfg, tokenizer)
+    logger = MetricsLogger(run_dir, cfg.wandb, cfg.name, resolved)
+    trainer = Trainer(cfg, model, prepared.train, masker, runtime, run_dir, hooks, logger)
+    if resume != "false" and trainer.resume():
+        pass
+    started = time.time()
+    try:
+        final = trainer.fit(max_steps=DRYRUN_STEPS if cfg.dryrun else None)
+    finally:
+        logger.close()
+    summary = {"name": cfg.name, "run_dir": str(run_dir), "steps": trainer.step,
+               "tokens": trainer.tokens, "budget": cfg.budget, "budget_kind": cfg.budget_kind,
+               "budget_spent": trainer.clock.spent(), "final_loss": final.get("loss"),
+               "seconds_this_session": time.time() - started, "arch": cfg.arch.name,
+               "train": cfg.train.name, "optimizer": cfg.train.optim.name, "seed": cfg.seed}
+    if trainer.interrupted:
+        summary["interrupted"] = True
+        return summary
+    trainer.save()
+    if cfg.train.validate_at_end and len(prepared.val) > 0:
+        scores = evaluate_mlm(trainer.model, prepared.val, MLMMasker.from_tokenizer(tokenizer),
+                              runtime,
+                              batch_size=cfg.impl.microbatch_size,
+                              max_batches=cfg.train.val_batches,
+                              progress_bar=cfg.impl.progress_bar)
+        scores.update(step=trainer.step, progress=trainer.clock.progress(), split="val")
+        append_jsonl(run_dir / "validation.jsonl", scores)
+        summary["val_loss"], summary["val_accuracy"] = scores["loss"], scores["accuracy"]
+        log.info("Validation: MLM loss %.4f, accuracy %.4f", scores["loss"], scores["accuracy"])
+    plot_loss_curve(run_dir / "metrics.jsonl", run_dir / "loss_curve.png")
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    save_model_folder(run_dir / "model", trainer.model, tokenizer, resolved)
+    log.info("Finished %d steps (%s). Model folder: %s", trainer.step,
+             trainer.clock.remaining_text(), run_dir / "model")
+    return summary

@@ -1,0 +1,61 @@
+"""Shared fixtures: the real data in ``../shared/data`` and small helpers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path | None:
+    """``$CRAMMING_SHARED_DATA`` or ``<repo>/../shared/data`` (see its MANIFEST.md)."""
+    candidates = [os.environ.get("CRAMMING_SHARED_DATA"), REPO_ROOT.parent / "shared" / "data",
+                  "/work/shared/data"]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "MANIFEST.md").is_file():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    path = shared_data_dir()
+    if path is None:
+        pytest.skip("shared data not found: set CRAMMING_SHARED_DATA to its folder (MANIFEST.md)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def enwiki_files(shared_data: Path) -> list[Path]:
+    """A few real WikiExtractor files: enough text for tiny models, fast to tokenize."""
+    return sorted((shared_data / "corpus" / "enwiki").glob("wiki_*"))[:2]
+
+
+@pytest.fixture(scope="session")
+def pretrain_base_dir(tmp_path_factory) -> Path:
+    """One base_dir per test session, so the processed-data cache is built only once."""
+    return tmp_path_factory.mktemp("outputs")
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides(enwiki_files: list[Path], pretrain_base_dir: Path) -> list[str]:
+    """Command-line overrides for a tiny, fast pretraining run on real Wikipedia text."""
+    return [
+        "arch=bert-tiny",
+        "data=wikiextractor",
+        f"data.paths=[{enwiki_files[0]}]",
+        "data.vocab_size=2000",
+        "data.seq_length=64",
+        "impl=cpu",
+        "impl.microbatch_size=8",
+        "impl.progress_bar=false",
+        "train.batch_size=16",
+        "train.batch_size_ramp=0",
+        "train.log_every_steps=1",
+        "budget_kind=steps",
+        "budget=6",
+        f"base_dir={pretrain_base_dir}",
+    ]
