@@ -31,6 +31,7 @@ from cramming.backend.validation import evaluate_mlm
 from cramming.config.schema import PretrainConfig
 from cramming.data import MLMMasker, prepare_data
 from cramming.errors import CheckpointError
+from cramming.objectives import build_objective
 
 log = logging.getLogger("cramming")
 
@@ -39,12 +40,6 @@ DRYRUN_STEPS = 2
 
 def data_cache_root(cfg: PretrainConfig) -> Path:
     return Path(cfg.base_dir).expanduser().resolve() / "data"
-
-
-def build_masker(cfg: PretrainConfig, tokenizer) -> MLMMasker:
-    return MLMMasker.from_tokenizer(tokenizer, mask_token_prob=cfg.train.mask_token_prob,
-                     random_token_prob=cfg.train.random_token_prob,
-                     exact_count=cfg.train.exact_mask_count)
 
 
 def run_pretraining(cfg: PretrainConfig, run_dir: Path,
@@ -77,9 +72,9 @@ def run_pretraining(cfg: PretrainConfig, run_dir: Path,
     log.info("Model %s: %.2fM parameters; %d training sequences of %d tokens",
              cfg.arch.name, model.num_parameters() / 1e6, len(prepared.train),
              prepared.train.seq_length)
-    masker = build_masker(cfg, tokenizer)
+    objective = build_objective(cfg, tokenizer)
     logger = MetricsLogger(run_dir, cfg.wandb, cfg.name, resolved)
-    trainer = Trainer(cfg, model, prepared.train, masker, runtime, run_dir, hooks, logger)
+    trainer = Trainer(cfg, model, prepared.train, objective, runtime, run_dir, hooks, logger)
     if resume != "false" and trainer.resume():
         pass
     started = time.time()

@@ -20,14 +20,15 @@ from tqdm.auto import tqdm
 
 from cramming.backend.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from cramming.backend.clock import Work, build_clock
-from cramming.backend.hooks import Microbatch, TrainingHook
+from cramming.backend.hooks import TrainingHook
 from cramming.backend.metrics import MetricsLogger
 from cramming.backend.optimizers import build_optimizer
 from cramming.backend.runtime import Runtime, rng_state, set_rng_state
-from cramming.backend.schedules import batch_size_at, lr_factor, mask_prob_at
+from cramming.backend.schedules import batch_size_at, lr_factor
 from cramming.config.schema import PretrainConfig
-from cramming.data import MLMMasker, PackedDataset
+from cramming.data import PackedDataset
 from cramming.errors import CheckpointError, TrainingError
+from cramming.objectives import Microbatch, Objective
 
 log = logging.getLogger(__name__)
 
@@ -63,22 +64,18 @@ class EpochSampler:
         self._order = self._permutation(self.epoch)
 
 
-def masking_generator(seed: int, microbatch_index: int) -> torch.Generator:
-    """Masks are a pure function of (seed, microbatch index): exact on resume."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + microbatch_index)
-
-
 class Trainer:
     """Trains ``model`` on ``train_data`` until the budget clock is spent."""
 
     def __init__(self, cfg: PretrainConfig, model: nn.Module, train_data: PackedDataset,
-                 masker: MLMMasker, runtime: Runtime, run_dir: Path,
+                 objective: Objective, runtime: Runtime, run_dir: Path,
                  hooks: Sequence[TrainingHook] = (), logger: MetricsLogger | None = None):
         self.cfg, self.runtime, self.run_dir = cfg, runtime, Path(run_dir)
         self.model = model.to(runtime.device)
         self.forward_model = torch.compile(self.model, mode=cfg.impl.compile_mode) \
             if cfg.impl.compile else self.model
-        self.train_data, self.masker, self.hooks, self.logger = train_data, masker, hooks, logger
+        self.train_data, self.objective = train_data, objective
+        self.hooks, self.logger = hooks, logger
         self.optimizer = build_optimizer(self.model, cfg.train.optim, runtime.device)
         self.scaler = torch.amp.GradScaler(runtime.device.type,
                                            enabled=runtime.needs_grad_scaler)
@@ -132,11 +129,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
 
-    def _microbatch(self, size: int, mask_prob: float) -> Microbatch:
+    def _microbatch(self, size: int, progress: float) -> Microbatch:
         rows = self.train_data.batch(self.sampler.take(size))
-        generator = masking_generator(self.cfg.seed, self.microbatches)
-        input_ids, labels = self.masker(rows["input_ids"], mask_prob, generator)
-        batch = Microbatch(input_ids, labels, rows["example_ids"])
+        batch = self.objective.microbatch(rows, progress, self.microbatches)
         for hook in self.hooks:
             batch = hook.select_batch(self, batch)
         return batch
@@ -151,20 +146,24 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         batch_size = batch_size_at(progress, train, micro)
-        mask_prob = mask_prob_at(progress, train)
         accumulation = max(batch_size // micro, 1)
         device = self.runtime.device
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), device=device)
+        kind_sums: dict[str, list] = {}
         for _ in range(accumulation):
-            batch = self._microbatch(micro, mask_prob)
+            batch = self._microbatch(micro, progress)
             with self.runtime.autocast():
                 outputs = self.forward_model(batch.input_ids.to(device, non_blocking=True),
-                                             labels=batch.labels.to(device, non_blocking=True))
-            loss = outputs["loss"] / accumulation
+                                             labels=batch.labels.to(device, non_blocking=True),
+                                             **batch.model_kwargs)
+            loss = outputs["loss"] * (batch.loss_weight / accumulation)
             self.scaler.scale(loss).backward()
             loss_sum += loss.detach()
+            kind_sum = kind_sums.setdefault(batch.kind, [torch.zeros((), device=device), 0])
+            kind_sum[0] += outputs["loss"].detach()
+            kind_sum[1] += 1
             tokens = batch.input_ids.numel()
             self.clock.charge_microbatch(Work(sequences=batch.input_ids.shape[0], tokens=tokens))
             self.microbatches += 1
@@ -184,8 +183,11 @@ class Trainer:
         self.clock.charge_step()
         self.step += 1
         record = {"step": self.step, "loss": step_loss, "lr": lr, "batch_size": batch_size,
-                  "mask_prob": mask_prob, "progress": self.clock.progress(),
+                  **self.objective.log_values(progress), "progress": self.clock.progress(),
                   "tokens": self.tokens, "epoch": self.sampler.epoch}
+        if len(kind_sums) > 1:
+            for kind, (total, count) in kind_sums.items():
+                record[f"loss_{kind}"] = total.item() / count
         if grad_norm is not None:
             record["grad_norm"] = float(grad_norm)
         for hook in self.hooks:

@@ -7,22 +7,12 @@ holds no method logic. Hooks run in the order given.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import torch
+from cramming.objectives.base import Microbatch
 
 if TYPE_CHECKING:
     from cramming.backend.engine import Trainer
-
-
-@dataclass
-class Microbatch:
-    """One masked microbatch on its way into the model."""
-
-    input_ids: torch.Tensor
-    labels: torch.Tensor
-    example_ids: torch.Tensor
 
 
 class TrainingHook:
