@@ -10,14 +10,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from omegaconf import OmegaConf
 
 from cramming.architectures import build_model
 from cramming.backend.checkpoint import latest_checkpoint, save_model_folder
+from cramming.backend.distributed import init_distributed
+from cramming.backend.ema import EMAHook
 from cramming.backend.engine import Trainer
 from cramming.backend.hooks import TrainingHook
 from cramming.backend.metrics import MetricsLogger, append_jsonl, plot_loss_curve
@@ -27,11 +31,12 @@ from cramming.backend.runtime import (
     seed_everything,
     write_git_info,
 )
-from cramming.backend.validation import evaluate_mlm
+from cramming.backend.validation import evaluate_objective
 from cramming.config.schema import PretrainConfig
 from cramming.data import MLMMasker, prepare_data
 from cramming.errors import CheckpointError
 from cramming.objectives import build_objective
+from efficient_training import build_hooks
 
 log = logging.getLogger("cramming")
 
@@ -42,15 +47,33 @@ def data_cache_root(cfg: PretrainConfig) -> Path:
     return Path(cfg.base_dir).expanduser().resolve() / "data"
 
 
+def _remove_launcher_leftovers(own_dir: Path, run_dir: Path) -> None:
+    """A non-zero rank's launcher may have made its own (empty) run folder: drop it."""
+    if own_dir == run_dir or not own_dir.is_dir():
+        return
+    if all(p.name == ".hydra" or p.suffix == ".log" for p in own_dir.iterdir()):
+        shutil.rmtree(own_dir, ignore_errors=True)
+
+
 def run_pretraining(cfg: PretrainConfig, run_dir: Path,
                     hooks: Sequence[TrainingHook] = ()) -> dict:
     """Pretrain under ``cfg``'s budget in ``run_dir``; returns a summary dict.
 
     With ``cfg.resume`` true/auto and a checkpoint in ``run_dir``, training continues
-    from it exactly (weights, optimizer, data cursor, RNG, budget clock).
+    from it exactly (weights, optimizer, data cursor, RNG, budget clock). Under torchrun
+    or SLURM every process calls this; rank 0 alone writes files.
     """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    runtime = resolve_runtime(cfg.impl)
+    context = init_distributed(runtime.device.type)
+    if context.enabled and runtime.device.type == "cuda":
+        runtime = dataclasses.replace(runtime, device=torch.device("cuda", context.local_rank))
+    own_dir = Path(run_dir).resolve()
+    run_dir = Path(context.broadcast_object(str(own_dir)))
+    if not context.is_main:
+        logging.getLogger("cramming").setLevel(logging.WARNING)
+        _remove_launcher_leftovers(own_dir, run_dir)
+    if context.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     resume = str(cfg.resume).lower()
     if resume != "false" and (run_dir / "model" / "arch.json").is_file():
         log.info("Run %s already finished; its model is in %s", run_dir, run_dir / "model")
@@ -60,28 +83,41 @@ def run_pretraining(cfg: PretrainConfig, run_dir: Path,
                               f"{run_dir / 'checkpoints'}; start it with resume=false.")
 
     resolved = dataclasses.asdict(cfg)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
-    write_git_info(run_dir)
+    if context.is_main:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
+        write_git_info(run_dir)
     seed_everything(cfg.seed)
-    runtime = resolve_runtime(cfg.impl)
-    log.info("Run %s in %s on %s", cfg.name, run_dir, describe_machine(runtime))
+    log.info("Run %s in %s on %s%s", cfg.name, run_dir, describe_machine(runtime),
+             f", {context.world_size} processes" if context.enabled else "")
 
-    prepared = prepare_data(cfg.data, cache_root=data_cache_root(cfg))
+    if not context.is_main:
+        context.barrier()  # rank 0 builds the data cache; the others then read it
+    prepared = prepare_data(cfg.data, cache_root=data_cache_root(cfg),
+                            progress=cfg.impl.progress_bar and context.is_main)
+    if context.is_main:
+        context.barrier()
     tokenizer = prepared.tokenizer
     model = build_model(cfg.arch, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    if context.rank > 0:
+        seed_everything(cfg.seed + context.rank)  # own dropout stream per rank
     log.info("Model %s: %.2fM parameters; %d training sequences of %d tokens",
              cfg.arch.name, model.num_parameters() / 1e6, len(prepared.train),
              prepared.train.seq_length)
     objective = build_objective(cfg, tokenizer)
-    logger = MetricsLogger(run_dir, cfg.wandb, cfg.name, resolved)
-    trainer = Trainer(cfg, model, prepared.train, objective, runtime, run_dir, hooks, logger)
-    if resume != "false" and trainer.resume():
-        pass
+    ema = EMAHook(cfg.train.ema_decay) if cfg.train.ema_decay else None
+    hooks = [*hooks, ema] if ema is not None else hooks
+    logger = MetricsLogger(run_dir, cfg.wandb, cfg.name, resolved) if context.is_main else None
+    hooks = [*build_hooks(cfg, model, prepared, context.world_size), *hooks]  # cfg.method
+    trainer = Trainer(cfg, model, prepared.train, objective, runtime, run_dir, hooks, logger,
+                      context)
+    if resume != "false":
+        trainer.resume()
     started = time.time()
     try:
         final = trainer.fit(max_steps=DRYRUN_STEPS if cfg.dryrun else None)
     finally:
-        logger.close()
+        if logger is not None:
+            logger.close()
     summary = {"name": cfg.name, "run_dir": str(run_dir), "steps": trainer.step,
                "tokens": trainer.tokens, "budget": cfg.budget, "budget_kind": cfg.budget_kind,
                "budget_spent": trainer.clock.spent(), "final_loss": final.get("loss"),
@@ -91,19 +127,26 @@ def run_pretraining(cfg: PretrainConfig, run_dir: Path,
         summary["interrupted"] = True
         return summary
     trainer.save()
+    if not context.is_main:
+        return summary
     if cfg.train.validate_at_end and len(prepared.val) > 0:
-        scores = evaluate_mlm(trainer.model, prepared.val, MLMMasker.from_tokenizer(tokenizer),
-                              runtime,
-                              batch_size=cfg.impl.microbatch_size,
-                              max_batches=cfg.train.val_batches,
-                              progress_bar=cfg.impl.progress_bar)
+        scores = evaluate_objective(trainer.model, prepared.val,
+                                    MLMMasker.from_tokenizer(tokenizer), runtime,
+                                    objective=cfg.train.objective,
+                                    batch_size=cfg.impl.microbatch_size,
+                                    max_batches=cfg.train.val_batches,
+                                    progress_bar=cfg.impl.progress_bar)
         scores.update(step=trainer.step, progress=trainer.clock.progress(), split="val")
         append_jsonl(run_dir / "validation.jsonl", scores)
         summary["val_loss"], summary["val_accuracy"] = scores["loss"], scores["accuracy"]
-        log.info("Validation: MLM loss %.4f, accuracy %.4f", scores["loss"], scores["accuracy"])
+        log.info("Validation (%s): loss %.4f, accuracy %.4f", cfg.train.objective,
+                 scores["loss"], scores["accuracy"])
     plot_loss_curve(run_dir / "metrics.jsonl", run_dir / "loss_curve.png")
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     save_model_folder(run_dir / "model", trainer.model, tokenizer, resolved)
+    if ema is not None:
+        save_model_folder(run_dir / "model-ema", ema.averaged_model(trainer.model), tokenizer,
+                          resolved)
     log.info("Finished %d steps (%s). Model folder: %s", trainer.step,
              trainer.clock.remaining_text(), run_dir / "model")
     return summary

@@ -1,4 +1,8 @@
-"""validate_bert.py: held-out MLM loss and accuracy of a pretrained model folder."""
+"""validate_bert.py: held-out MLM loss and accuracy of a pretrained model folder.
+
+Causal (``train.objective=clm``) and hybrid (``hybrid``) checkpoints also report CLM loss,
+perplexity and accuracy (``clm_*``), hybrids MNTP as well (``mlm_*``).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from cramming.backend.checkpoint import find_model_folder, load_model_folder
 from cramming.backend.metrics import append_jsonl
 from cramming.backend.runtime import resolve_runtime
-from cramming.backend.validation import evaluate_mlm
+from cramming.backend.validation import evaluate_objective
 from cramming.config import to_typed
 from cramming.config.schema import DataConfig, ValidateConfig
 from cramming.data import MLMMasker, prepare_data
@@ -44,16 +48,18 @@ def validate_model(cfg: ValidateConfig) -> dict:
         prepared = prepare_data(data_cfg, cache_root=cache_root, tokenizer=loaded.tokenizer)
     split = prepared.val if cfg.split == "val" else prepared.train
     masker = MLMMasker.from_tokenizer(loaded.tokenizer)
-    scores = evaluate_mlm(model, split, masker, runtime, mask_prob=cfg.mask_prob,
-                          batch_size=cfg.batch_size, max_batches=cfg.max_batches, seed=cfg.seed,
-                          progress_bar=cfg.impl.progress_bar)
+    objective = str((loaded.config.get("train") or {}).get("objective", "mlm"))
+    scores = evaluate_objective(model, split, masker, runtime, objective=objective,
+                                mask_prob=cfg.mask_prob, batch_size=cfg.batch_size,
+                                max_batches=cfg.max_batches, seed=cfg.seed,
+                                progress_bar=cfg.impl.progress_bar)
     scores.update(model=str(folder), data=data_cfg.name, split=cfg.split,
                   corpus_cache=str(prepared.cache_dir))
     run_dir = folder.parent
     append_jsonl(run_dir / "validation.jsonl", scores)
     print(json.dumps(scores, indent=2))
-    log.info("MLM loss %.4f, accuracy %.4f on %d masked tokens -> %s", scores["loss"],
-             scores["accuracy"], scores["masked_tokens"], run_dir / "validation.jsonl")
+    log.info("%s loss %.4f, accuracy %.4f -> %s", objective.upper(), scores["loss"],
+             scores["accuracy"], run_dir / "validation.jsonl")
     return scores
 
 

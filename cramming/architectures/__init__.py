@@ -9,20 +9,30 @@ from __future__ import annotations
 from cramming.architectures.base import IGNORE_INDEX, MaskedLMModel
 from cramming.architectures.crammed_bert import CrammedBERT
 from cramming.architectures.flops import training_flops_per_token
+from cramming.architectures.gpt import GPT
 from cramming.architectures.hf_bert import HFBert
+from cramming.architectures.llama import Llama
+from cramming.architectures.lm import TransformerLM
+from cramming.architectures.ltg_bert import LTGBert
 from cramming.config.schema import ArchConfig
 from cramming.errors import ConfigError
 
 __all__ = [
     "IGNORE_INDEX",
     "CrammedBERT",
+    "GPT",
     "HFBert",
+    "LTGBert",
+    "Llama",
+    "TransformerLM",
     "MaskedLMModel",
     "build_model",
     "training_flops_per_token",
 ]
 
-MODEL_TYPES: dict[str, type[MaskedLMModel]] = {"crammed": CrammedBERT, "hf-bert": HFBert}
+MODEL_TYPES: dict[str, type[MaskedLMModel]] = {
+    "crammed": CrammedBERT, "hf-bert": HFBert, "gpt": GPT, "llama": Llama, "ltg-bert": LTGBert,
+}
 
 
 def build_model(arch: ArchConfig, vocab_size: int, pad_token_id: int = 0) -> MaskedLMModel:

@@ -18,6 +18,8 @@ which positions to decode:
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,13 +30,14 @@ from cramming.config.schema import ArchConfig
 IGNORE_INDEX = -100
 
 
-class MaskedLMModel(nn.Module):
+class MaskedLMModel(nn.Module, metaclass=ABCMeta):
     """Base class: an encoder with an MLM head and the common forward/loss contract."""
 
     arch: ArchConfig
     vocab_size: int
     hidden_size: int
 
+    @abstractmethod
     def encode(
         self,
         input_ids: torch.Tensor,
@@ -42,11 +45,10 @@ class MaskedLMModel(nn.Module):
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Final hidden states [B, L, H] (after the final norm)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def predict(self, hidden: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits for hidden states [..., H] -> [..., V]."""
-        raise NotImplementedError
 
     def forward(
         self,

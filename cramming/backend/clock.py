@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cramming.errors import ConfigError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from cramming.config.schema import PretrainConfig
 
 
 @dataclass
@@ -21,8 +26,9 @@ class Work:
 
     sequences: int
     tokens: int
-    kind: str = "train"  # train: forward+backward; forward: scoring-only pass
+    kind: str = "train"  # train: forward+backward; forward: scoring-only pass; hessian
     active_layers: int | None = None
+    replicas: int = 1  # data-parallel ranks doing the same work in lockstep
 
 
 class BudgetClock(Protocol):
@@ -97,7 +103,7 @@ class CounterClock(_Clock):
 
     def charge_microbatch(self, work: Work) -> None:
         if self.unit == "tokens" and work.kind == "train":
-            self.count += work.tokens
+            self.count += work.tokens * work.replicas
 
     def charge_step(self) -> None:
         if self.unit == "steps":
@@ -113,12 +119,32 @@ class CounterClock(_Clock):
         self.count = float(state["count"])
 
 
-def build_clock(kind: str, budget: float) -> _Clock:
-    """Clock for ``budget_kind`` (hours | steps | tokens)."""
+def active_layers(model: nn.Module) -> int | None:
+    """Layers the model's last forward pass ran, when its ``layers`` report it.
+
+    Depth-changing methods (layer dropping, stacking) install a layer list with a
+    ``last_active`` count; a plain model reports None (= all layers).
+    """
+    return getattr(getattr(model, "layers", None), "last_active", None)
+
+
+def build_clock(kind: str, budget: float, cfg: PretrainConfig | None = None,
+                model: nn.Module | None = None) -> _Clock:
+    """Clock for ``budget_kind`` (hours | steps | tokens | rst).
+
+    ``rst`` needs ``cfg`` (arch, sequence length, microbatch, optimizer, ``cfg.rst``) and
+    reads the vocabulary size from ``model`` to find its table (see :mod:`rst`).
+    """
     if budget <= 0:
         raise ConfigError(f"budget={budget} must be > 0 ({kind}).")
     if kind == "hours":
         return WallClock(budget)
     if kind in ("steps", "tokens"):
         return CounterClock(budget, kind)
-    raise ConfigError(f"Unknown budget_kind={kind!r}. Allowed values: hours, steps, tokens")
+    if kind == "rst":
+        if cfg is None:
+            raise ConfigError("budget_kind=rst needs the run's config to find its RST table.")
+        from rst import RSTClock
+
+        return RSTClock.from_config(cfg, getattr(model, "vocab_size", None))
+    raise ConfigError(f"Unknown budget_kind={kind!r}. Allowed values: hours, steps, tokens, rst")

@@ -6,6 +6,7 @@ the optimizer factory, or the budget clock; schedules read ``clock.progress()``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import signal
@@ -19,7 +20,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cramming.backend.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from cramming.backend.clock import Work, build_clock
+from cramming.backend.clock import Work, active_layers, build_clock
+from cramming.backend.distributed import (
+    DistributedContext,
+    agree_on_step,
+    mean_across_ranks,
+    no_sync_unless,
+)
 from cramming.backend.hooks import TrainingHook
 from cramming.backend.metrics import MetricsLogger
 from cramming.backend.optimizers import build_optimizer
@@ -27,10 +34,13 @@ from cramming.backend.runtime import Runtime, rng_state, set_rng_state
 from cramming.backend.schedules import batch_size_at, lr_factor
 from cramming.config.schema import PretrainConfig
 from cramming.data import PackedDataset
-from cramming.errors import CheckpointError, TrainingError
+from cramming.errors import CheckpointError, ConfigError, TrainingError
 from cramming.objectives import Microbatch, Objective
 
 log = logging.getLogger(__name__)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class EpochSampler:
@@ -64,36 +74,67 @@ class EpochSampler:
         self._order = self._permutation(self.epoch)
 
 
+def _rank_slice(batch: Microbatch, rank: int, world: int) -> Microbatch:
+    """Rank ``rank``'s contiguous share of a global microbatch (every per-row tensor)."""
+    rows = batch.input_ids.shape[0]  # objectives may re-cut rows (sequence-length schedule)
+    part = slice(rank * rows // world, (rank + 1) * rows // world)
+
+    def cut(value):
+        is_per_row = isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == rows
+        return value[part] if is_per_row else value
+
+    return dataclasses.replace(
+        batch, input_ids=batch.input_ids[part], labels=batch.labels[part],
+        example_ids=cut(batch.example_ids),
+        model_kwargs={key: cut(value) for key, value in batch.model_kwargs.items()})
+
+
 class Trainer:
     """Trains ``model`` on ``train_data`` until the budget clock is spent."""
 
     def __init__(self, cfg: PretrainConfig, model: nn.Module, train_data: PackedDataset,
                  objective: Objective, runtime: Runtime, run_dir: Path,
-                 hooks: Sequence[TrainingHook] = (), logger: MetricsLogger | None = None):
+                 hooks: Sequence[TrainingHook] = (), logger: MetricsLogger | None = None,
+                 context: DistributedContext | None = None):
         self.cfg, self.runtime, self.run_dir = cfg, runtime, Path(run_dir)
+        self.context = context or DistributedContext()
+        per_step = cfg.impl.microbatch_size * self.context.world_size
+        if cfg.train.batch_size % per_step:
+            raise ConfigError(
+                f"train.batch_size={cfg.train.batch_size} must be a multiple of "
+                f"impl.microbatch_size x processes = {cfg.impl.microbatch_size} x "
+                f"{self.context.world_size}.")
         self.model = model.to(runtime.device)
         self.forward_model = torch.compile(self.model, mode=cfg.impl.compile_mode) \
             if cfg.impl.compile else self.model
+        if self.context.enabled:
+            device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+            self.forward_model = nn.parallel.DistributedDataParallel(self.forward_model,
+                                                                     device_ids=device_ids)
         self.train_data, self.objective = train_data, objective
         self.hooks, self.logger = hooks, logger
         self.optimizer = build_optimizer(self.model, cfg.train.optim, runtime.device)
         self.scaler = torch.amp.GradScaler(runtime.device.type,
                                            enabled=runtime.needs_grad_scaler)
-        self.clock = build_clock(cfg.budget_kind, cfg.budget)
+        self.clock = build_clock(cfg.budget_kind, cfg.budget, cfg, self.model)
         self.sampler = EpochSampler(len(train_data), cfg.seed)
         self.step = 0
-        self.microbatches = 0
-        self.tokens = 0
+        self.microbatches = 0  # global microbatches (one per rank at a time)
+        self.tokens = 0  # global training tokens
+        self.progress = 0.0  # budget progress, agreed by all ranks after each step
         self._stop_signal: int | None = None
 
     # ------------------------------------------------------------------ state
 
     def state_dict(self) -> dict:
+        """Everything a resume needs; collective under DDP (RNG streams of every rank)."""
         return {
             "step": self.step, "microbatches": self.microbatches, "tokens": self.tokens,
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
             "clock": self.clock.state_dict(), "sampler": self.sampler.state_dict(),
-            "rng": rng_state(), "hooks": [hook.state_dict() for hook in self.hooks],
+            "rng": self.context.gather_objects(rng_state()),
+            "world_size": self.context.world_size,
+            "hooks": [hook.state_dict() for hook in self.hooks],
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -103,13 +144,26 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.clock.load_state_dict(state["clock"])
         self.sampler.load_state_dict(state["sampler"])
-        set_rng_state(state["rng"])
+        saved_world = state.get("world_size", 1)
+        if saved_world == self.context.world_size:
+            set_rng_state(state["rng"][self.context.rank])
+        elif self.context.is_main:
+            log.warning("Checkpoint written with %d process(es), resumed with %d: weights, "
+                        "optimizer, data order, masks and budget continue exactly; dropout "
+                        "RNG streams restart from the seed.", saved_world,
+                        self.context.world_size)
         for hook, hook_state in zip(self.hooks, state["hooks"]):
             hook.load_state_dict(hook_state)
 
     def save(self) -> Path:
-        return save_checkpoint(self.run_dir, self.step, self.model, self.state_dict(),
-                               keep=self.cfg.train.keep_checkpoints)
+        """Checkpoint (written by rank 0; all ranks wait until it is complete)."""
+        state = self.state_dict()
+        folder = self.run_dir / "checkpoints"
+        if self.context.is_main:
+            folder = save_checkpoint(self.run_dir, self.step, self.model, state,
+                                     keep=self.cfg.train.keep_checkpoints)
+        self.context.barrier()
+        return folder
 
     def resume(self) -> bool:
         """Continue from the run folder's newest checkpoint; False when there is none."""
@@ -130,8 +184,17 @@ class Trainer:
     # ------------------------------------------------------------------ training
 
     def _microbatch(self, size: int, progress: float) -> Microbatch:
-        rows = self.train_data.batch(self.sampler.take(size))
+        """This rank's share of the next global microbatch (``size`` rows per rank).
+
+        Every rank draws and masks the same global rows, then keeps its slice: each row
+        is seen once per epoch across ranks, and N ranks reproduce one process whose
+        microbatch is N times larger.
+        """
+        world, rank = self.context.world_size, self.context.rank
+        rows = self.train_data.batch(self.sampler.take(size * world))
         batch = self.objective.microbatch(rows, progress, self.microbatches)
+        if world > 1:
+            batch = _rank_slice(batch, rank, world)
         for hook in self.hooks:
             batch = hook.select_batch(self, batch)
         return batch
@@ -139,36 +202,41 @@ class Trainer:
     def train_step(self) -> dict:
         """One optimizer step over as many microbatches as the current batch size needs."""
         train, micro = self.cfg.train, self.cfg.impl.microbatch_size
-        progress = self.clock.progress()
+        world = self.context.world_size
+        progress = self.progress
         for hook in self.hooks:
             hook.before_step(self)
         lr = train.optim.lr * lr_factor(progress, train)
+        lr *= math.prod(hook.lr_scale(self, progress) for hook in self.hooks)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        batch_size = batch_size_at(progress, train, micro)
-        accumulation = max(batch_size // micro, 1)
+        batch_size = batch_size_at(progress, train, micro * world)
+        accumulation = max(batch_size // (micro * world), 1)
         device = self.runtime.device
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), device=device)
         kind_sums: dict[str, list] = {}
-        for _ in range(accumulation):
+        for index in range(accumulation):
             batch = self._microbatch(micro, progress)
-            with self.runtime.autocast():
-                outputs = self.forward_model(batch.input_ids.to(device, non_blocking=True),
-                                             labels=batch.labels.to(device, non_blocking=True),
-                                             **batch.model_kwargs)
-            loss = outputs["loss"] * (batch.loss_weight / accumulation)
-            self.scaler.scale(loss).backward()
+            with no_sync_unless(index == accumulation - 1, self.forward_model):
+                with self.runtime.autocast():
+                    outputs = self.forward_model(
+                        batch.input_ids.to(device, non_blocking=True),
+                        labels=batch.labels.to(device, non_blocking=True), **batch.model_kwargs)
+                    loss = outputs["loss"] * (batch.loss_weight / accumulation)
+                self.scaler.scale(loss).backward()
             loss_sum += loss.detach()
             kind_sum = kind_sums.setdefault(batch.kind, [torch.zeros((), device=device), 0])
             kind_sum[0] += outputs["loss"].detach()
             kind_sum[1] += 1
             tokens = batch.input_ids.numel()
-            self.clock.charge_microbatch(Work(sequences=batch.input_ids.shape[0], tokens=tokens))
+            self.clock.charge_microbatch(Work(sequences=batch.input_ids.shape[0], tokens=tokens,
+                                              active_layers=active_layers(self.model),
+                                              replicas=world))
             self.microbatches += 1
-            self.tokens += tokens
-        step_loss = loss_sum.item()
+            self.tokens += tokens * world
+        step_loss = mean_across_ranks(loss_sum, self.context).item()
         if not math.isfinite(step_loss):
             raise TrainingError(
                 f"Loss became {step_loss} at step {self.step + 1} (lr {lr:.3g}). Training stopped; "
@@ -183,7 +251,7 @@ class Trainer:
         self.clock.charge_step()
         self.step += 1
         record = {"step": self.step, "loss": step_loss, "lr": lr, "batch_size": batch_size,
-                  **self.objective.log_values(progress), "progress": self.clock.progress(),
+                  **self.objective.log_values(progress), "progress": progress,
                   "tokens": self.tokens, "epoch": self.sampler.epoch}
         if len(kind_sums) > 1:
             for kind, (total, count) in kind_sums.items():
@@ -198,44 +266,58 @@ class Trainer:
         self._stop_signal = signum
 
     def fit(self, max_steps: int | None = None) -> dict:
-        """Train until the budget is spent (or ``max_steps``, or SIGTERM/SIGUSR1)."""
+        """Train until the budget is spent (or ``max_steps``, or a stop signal).
+
+        SIGTERM, SIGUSR1 and SIGUSR2 (SLURM's pre-timeout signal) finish the current step,
+        write a checkpoint and return; a handler that was installed before (submitit's
+        requeue) is then called, so preempted SLURM jobs requeue and resume.
+        """
         cfg = self.cfg
-        previous = {s: signal.signal(s, self._handle_signal)
-                    for s in (signal.SIGTERM, signal.SIGUSR1)}
+        previous = {s: signal.signal(s, self._handle_signal) for s in STOP_SIGNALS}
         self.clock.start()
+        self.progress = self.clock.progress()
         for hook in self.hooks:
             hook.on_train_start(self)
-        bar = tqdm(total=1000, desc="pretrain", unit="‰", disable=not cfg.impl.progress_bar,
-                   initial=int(1000 * self.clock.progress()), dynamic_ncols=True)
+        show_bar = cfg.impl.progress_bar and self.context.is_main
+        bar = tqdm(total=1000, desc="pretrain", unit="‰", disable=not show_bar,
+                   initial=int(1000 * self.progress), dynamic_ncols=True)
         last_save, last_time, last_tokens = time.monotonic(), time.monotonic(), self.tokens
+        every_steps = cfg.train.checkpoint_every_steps
         record: dict = {}
+        stop = self.clock.exhausted()
         try:
-            while not self.clock.exhausted() and (max_steps is None or self.step < max_steps):
+            while not stop and (max_steps is None or self.step < max_steps):
                 record = self.train_step()
                 now = time.monotonic()
-                elapsed = max(now - last_time, 1e-9)
-                record["tokens_per_second"] = (self.tokens - last_tokens) / elapsed
+                save_due = bool(every_steps and self.step % every_steps == 0) or \
+                    now - last_save >= 60 * cfg.train.checkpoint_every_minutes
+                decision = agree_on_step(self.clock.progress(), self.clock.exhausted(), save_due,
+                                         self._stop_signal is not None, self.context)
+                self.progress, stop = decision.progress, decision.exhausted
+                record["progress"] = self.progress
+                record["tokens_per_second"] = (self.tokens - last_tokens) / max(now - last_time,
+                                                                                1e-9)
                 last_time, last_tokens = now, self.tokens
                 if self.logger is not None and self.step % cfg.train.log_every_steps == 0:
                     self.logger.log(record)
-                bar.n = int(1000 * record["progress"])
+                bar.n = int(1000 * self.progress)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", left=self.clock.remaining_text(),
                                 refresh=False)
                 bar.update(0)
-                every_steps = cfg.train.checkpoint_every_steps
-                if (every_steps and self.step % every_steps == 0) or \
-                        now - last_save >= 60 * cfg.train.checkpoint_every_minutes:
+                if decision.save or decision.interrupted:
                     self.save()
                     last_save = time.monotonic()
-                if self._stop_signal is not None:
-                    self.save()
-                    log.warning("Received signal %d: checkpoint written at step %d; continue "
-                                "with resume=true.", self._stop_signal, self.step)
+                if decision.interrupted:
+                    self._stop_signal = self._stop_signal or signal.SIGTERM
+                    log.warning("Stop signal: checkpoint written at step %d; continue with "
+                                "resume=true.", self.step)
                     break
         finally:
             bar.close()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+        if self._stop_signal is not None and callable(previous.get(self._stop_signal)):
+            previous[self._stop_signal](self._stop_signal, None)
         if self.logger is not None and record and self.step % cfg.train.log_every_steps != 0:
             self.logger.log(record)
         return record

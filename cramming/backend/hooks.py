@@ -24,6 +24,10 @@ class TrainingHook:
     def before_step(self, trainer: Trainer) -> None:
         """Called before each optimizer step's microbatches (e.g. depth schedules)."""
 
+    def lr_scale(self, trainer: Trainer, progress: float) -> float:
+        """Factor on the scheduled learning rate of this step (e.g. re-warmup after growth)."""
+        return 1.0
+
     def select_batch(self, trainer: Trainer, batch: Microbatch) -> Microbatch:
         """Return the (possibly reduced) microbatch to train on (batch selection)."""
         return batch

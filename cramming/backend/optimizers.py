@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cramming.backend.optim import Lamb, Lion, SophiaG
 from cramming.config.schema import OptimConfig
 
 NORM_TYPES = (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm, nn.BatchNorm1d)
@@ -32,9 +33,20 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig,
                     device: torch.device) -> torch.optim.Optimizer:
-    """AdamW or Adam over :func:`parameter_groups`; fused kernels where the device has them."""
+    """``cfg.name`` over :func:`parameter_groups` (AdamW/Adam fused where the device has it).
+
+    Every optimizer gets the same decay groups, so norm gains are never decayed.
+    """
     groups = parameter_groups(model, cfg.weight_decay)
-    fused = cfg.fused if cfg.fused is not None else device.type == "cuda"
+    betas = (float(cfg.betas[0]), float(cfg.betas[1]))
+    if cfg.name == "lion":
+        return Lion(groups, lr=cfg.lr, betas=betas)
+    if cfg.name == "sophiag":
+        return SophiaG(groups, lr=cfg.lr, betas=betas, rho=cfg.rho, eps=cfg.eps)
+    if cfg.name == "lamb":
+        return Lamb(groups, lr=cfg.lr, betas=betas, eps=cfg.eps)
+    # Fused kernels exist for CUDA and (torch >= 2.4) CPU; other devices use the for-loop.
+    fused = cfg.fused if cfg.fused is not None else device.type in ("cuda", "cpu")
     kwargs = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None)
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, **kwargs)

@@ -38,10 +38,14 @@ def lr_factor(progress: float, train: TrainConfig) -> float:
 
 def batch_size_at(progress: float, train: TrainConfig, microbatch_size: int) -> int:
     """Sequences per optimizer step: ramps linearly from one microbatch to ``batch_size``
-    over the first ``batch_size_ramp`` of the budget, in whole microbatches."""
+    over the first ``batch_size_ramp`` of the budget, in whole microbatches (in whole
+    groups of ``hybrid_denominator`` microbatches for the hybrid objective, so that every
+    step mixes MNTP and CLM in the exact ratio)."""
     full = train.batch_size
     if train.batch_size_ramp <= 0 or progress >= train.batch_size_ramp:
         return full
+    if train.objective == "hybrid" and full % (microbatch_size * train.hybrid_denominator) == 0:
+        microbatch_size *= train.hybrid_denominator
     fraction = progress / train.batch_size_ramp
     size = microbatch_size + fraction * (full - microbatch_size)
     return max(microbatch_size, int(size // microbatch_size) * microbatch_size)

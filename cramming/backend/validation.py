@@ -1,6 +1,12 @@
-"""Held-out MLM loss and accuracy with masks fixed by a seed (comparable across runs)."""
+"""Held-out MLM loss and accuracy with masks fixed by a seed (comparable across runs).
+
+Causal and hybrid models are scored with :func:`evaluate_objective`: CLM loss, perplexity
+and next-token accuracy, and for hybrid (GPT-BERT) models also MNTP (masked next token).
+"""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -19,11 +25,14 @@ VALIDATION_SEED = 0
 def evaluate_mlm(model: nn.Module, data: PackedDataset, masker: MLMMasker, runtime: Runtime,
                  mask_prob: float = VALIDATION_MASK_PROB, batch_size: int = 64,
                  max_batches: int | None = None, seed: int = VALIDATION_SEED,
-                 progress_bar: bool = True) -> dict:
+                 progress_bar: bool = True, next_token: bool = False,
+                 model_kwargs: dict | None = None) -> dict:
     """Token-weighted MLM loss and accuracy over (up to ``max_batches``) validation rows.
 
     Rows are read in order and masked with generators seeded by (seed, batch index), so
-    two checkpoints are scored on exactly the same masked tokens.
+    two checkpoints are scored on exactly the same masked tokens. ``next_token`` scores
+    MNTP (each masked token predicted one position earlier); ``model_kwargs`` go to the
+    forward (e.g. ``causal=False``).
     """
     was_training = model.training
     model.eval()
@@ -37,8 +46,11 @@ def evaluate_mlm(model: nn.Module, data: PackedDataset, masker: MLMMasker, runti
                                        min((index + 1) * batch_size, total_rows)).numpy())
         generator = torch.Generator().manual_seed(seed * 7919 + index)
         input_ids, labels = masker(rows["input_ids"], mask_prob, generator)
+        if next_token:
+            labels = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], -100)], dim=1)
         with runtime.autocast():
-            out = model(input_ids.to(runtime.device), labels=labels.to(runtime.device))
+            out = model(input_ids.to(runtime.device), labels=labels.to(runtime.device),
+                        **(model_kwargs or {}))
         count = int(out["num_predictions"])
         loss_sum += float(out["loss"]) * count
         predictions += count
@@ -52,3 +64,63 @@ def evaluate_mlm(model: nn.Module, data: PackedDataset, masker: MLMMasker, runti
         "mask_prob": mask_prob,
         "seed": seed,
     }
+
+
+@torch.no_grad()
+def evaluate_clm(model: nn.Module, data: PackedDataset, runtime: Runtime, batch_size: int = 64,
+                 max_batches: int | None = None, progress_bar: bool = True) -> dict:
+    """Token-weighted next-token loss, perplexity and accuracy with causal attention."""
+    was_training = model.training
+    model.eval()
+    total_rows = len(data)
+    num_batches = (total_rows + batch_size - 1) // batch_size
+    if max_batches is not None:
+        num_batches = min(num_batches, max_batches)
+    loss_sum, predictions, correct = 0.0, 0, 0
+    for index in tqdm(range(num_batches), desc="validate clm", disable=not progress_bar):
+        rows = data.batch(torch.arange(index * batch_size,
+                                       min((index + 1) * batch_size, total_rows)).numpy())
+        input_ids = rows["input_ids"]
+        labels = torch.cat([input_ids[:, 1:], torch.full_like(input_ids[:, :1], -100)], dim=1)
+        with runtime.autocast():
+            out = model(input_ids.to(runtime.device), labels=labels.to(runtime.device),
+                        causal=True)
+        count = int(out["num_predictions"])
+        loss_sum += float(out["loss"]) * count
+        predictions += count
+        correct += int(out["num_correct"])
+    model.train(was_training)
+    loss = loss_sum / max(predictions, 1)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)),
+            "accuracy": correct / max(predictions, 1), "predicted_tokens": predictions,
+            "rows": min(num_batches * batch_size, total_rows)}
+
+
+def evaluate_objective(model: nn.Module, data: PackedDataset, masker: MLMMasker,
+                       runtime: Runtime, objective: str = "mlm",
+                       mask_prob: float = VALIDATION_MASK_PROB, batch_size: int = 64,
+                       max_batches: int | None = None, seed: int = VALIDATION_SEED,
+                       progress_bar: bool = True) -> dict:
+    """Validation scores for a model trained with ``objective`` (mlm, clm or hybrid).
+
+    ``mlm``: exactly :func:`evaluate_mlm`. ``clm``: :func:`evaluate_clm`, as ``loss`` /
+    ``accuracy`` / ``perplexity`` and again under ``clm_*``. ``hybrid``: MNTP (bidirectional,
+    fixed masks) as ``loss`` / ``accuracy`` and ``mlm_*``, plus CLM as ``clm_*``.
+    """
+    if objective == "mlm":
+        return evaluate_mlm(model, data, masker, runtime, mask_prob, batch_size, max_batches,
+                            seed, progress_bar)
+    scores: dict = {"objective": objective}
+    clm = evaluate_clm(model, data, runtime, batch_size, max_batches, progress_bar)
+    scores.update({f"clm_{key}": value for key, value in clm.items()})
+    if objective == "clm":
+        scores.update(loss=clm["loss"], accuracy=clm["accuracy"], perplexity=clm["perplexity"],
+                      rows=clm["rows"])
+        return scores
+    mntp = evaluate_mlm(model, data, masker, runtime, mask_prob, batch_size, max_batches, seed,
+                        progress_bar, next_token=True, model_kwargs={"causal": False})
+    scores.update({f"mlm_{key}": value for key, value in mntp.items()})
+    scores["mlm_perplexity"] = math.exp(min(mntp["loss"], 50.0))
+    scores.update(loss=mntp["loss"], accuracy=mntp["accuracy"], rows=mntp["rows"],
+                  mask_prob=mask_prob, seed=seed)
+    return scores

@@ -61,3 +61,136 @@ def check_pretrain_config(cfg: PretrainConfig) -> None:
                  "data.tokenizer=pretrained needs data.pretrained_tokenizer=<name or path>.")
     if impl.precision == "fp16":
         _require(impl.device in ("auto", "cuda"), "impl.precision=fp16 needs CUDA.")
+    check_lm_options(cfg)
+    check_method_options(cfg)
+
+
+# Model types whose forward takes ``causal=`` (and ``document_ids=`` / ``z_loss=``).
+CAUSAL_CAPABLE = ("gpt", "llama", "ltg-bert")
+
+
+def check_lm_options(cfg: PretrainConfig) -> None:
+    """Checks of the causal-LM / hybrid options (objectives, schedules, new arch keys)."""
+    arch, train, impl = cfg.arch, cfg.train, cfg.impl
+    capable = arch.model_type in CAUSAL_CAPABLE
+    if train.objective in ("clm", "hybrid"):
+        _require(capable, f"train.objective={train.objective} needs a model that can attend "
+                          f"causally: arch.model_type in {', '.join(CAUSAL_CAPABLE)} (e.g. "
+                          f"arch=gpt-small, arch=llama-small, arch=gpt-bert-small); got "
+                          f"arch.model_type={arch.model_type}.")
+    if train.objective == "mlm":
+        _require(not arch.causal, "train.objective=mlm with arch.causal=true would predict "
+                                  "masked tokens without right context; use train.objective="
+                                  "clm or hybrid, or arch.causal=false.")
+    if train.objective == "hybrid":
+        num, den = train.hybrid_numerator, train.hybrid_denominator
+        _require(den >= 1 and 0 <= num <= den,
+                 f"train.hybrid_numerator={num} / train.hybrid_denominator={den} must be a "
+                 f"fraction in [0, 1] (the MNTP share of the training signal).")
+        group = impl.microbatch_size * den
+        _require(train.batch_size % group == 0,
+                 f"train.objective=hybrid mixes MNTP and CLM microbatches {num}:{den - num} "
+                 f"within every step, so train.batch_size={train.batch_size} must be a "
+                 f"multiple of impl.microbatch_size x train.hybrid_denominator = {group}.")
+    if train.z_loss or train.document_mask:
+        _require(capable, f"train.z_loss / train.document_mask need arch.model_type in "
+                          f"{', '.join(CAUSAL_CAPABLE)}; got {arch.model_type}.")
+    _require(train.z_loss >= 0, f"train.z_loss={train.z_loss} must be >= 0.")
+    _require(train.mask_span_length >= 1,
+             f"train.mask_span_length={train.mask_span_length} must be >= 1.")
+    if train.ema_decay is not None:
+        _require(0 < train.ema_decay < 1, f"train.ema_decay={train.ema_decay} must be in (0, 1).")
+    if train.seq_length_schedule is not None:
+        check_seq_length_schedule(train.seq_length_schedule, cfg.data.seq_length)
+    if arch.num_kv_heads is not None:
+        _require(arch.num_kv_heads >= 1 and arch.num_heads % arch.num_kv_heads == 0,
+                 f"arch.num_kv_heads={arch.num_kv_heads} must divide "
+                 f"arch.num_heads={arch.num_heads}.")
+    if arch.position_embedding in ("rope", "relative"):
+        _require(capable, f"arch.position_embedding={arch.position_embedding} needs "
+                          f"arch.model_type in {', '.join(CAUSAL_CAPABLE)}.")
+    if arch.position_embedding == "rope":
+        _require((arch.hidden_size // arch.num_heads) % 2 == 0,
+                 "arch.position_embedding=rope needs an even head size (hidden/heads).")
+
+
+def check_seq_length_schedule(schedule: list, seq_length: int) -> None:
+    """``[[progress, length], ...]``: progress from 0 upwards, lengths dividing seq_length."""
+    message = (f"train.seq_length_schedule={schedule} must be a list of [progress, length] "
+               f"pairs with progress rising from 0 and each length (>= 8) dividing "
+               f"data.seq_length={seq_length}, e.g. [[0,{seq_length // 4}],[0.3,"
+               f"{seq_length // 2}],[0.7,{seq_length}]].")
+    try:
+        pairs = [(float(p), int(length)) for p, length in schedule]
+    except (TypeError, ValueError):
+        raise ConfigError(message) from None
+    _require(len(pairs) > 0 and pairs[0][0] == 0, message)
+    _require(all(a[0] < b[0] for a, b in zip(pairs, pairs[1:])), message)
+    _require(all(8 <= length <= seq_length and seq_length % length == 0
+                 and float(length) == float(l_raw)
+                 for (_, length), (_, l_raw) in zip(pairs, schedule)), message)
+
+
+def check_method_options(cfg: PretrainConfig) -> None:
+    """Efficient-training methods, optimizers and RST: impossible combinations."""
+    method, optim, arch = cfg.method, cfg.train.optim, cfg.arch
+    depth_methods = [name for name, on in (("stacking", method.stacking.enabled),
+                                           ("layer_drop", method.layer_drop.enabled)) if on]
+    if depth_methods:
+        _require(arch.model_type != "hf-bert",
+                 f"method.{depth_methods[0]} changes which layers run and needs our own layer "
+                 f"stack; arch.model_type=hf-bert has none (use e.g. arch=bert-c5).")
+    if method.stacking.enabled:
+        stack = method.stacking
+        _require(1 <= stack.initial_layers < arch.num_layers,
+                 f"method.stacking.initial_layers={stack.initial_layers} must be in "
+                 f"[1, arch.num_layers={arch.num_layers}).")
+        _require(len(stack.at) > 0 and all(0 < a < 1 for a in stack.at)
+                 and list(stack.at) == sorted(set(stack.at)),
+                 f"method.stacking.at={list(stack.at)} must be rising budget fractions in (0, 1).")
+        depth = stack.initial_layers
+        for _ in stack.at:
+            depth = depth * 2 if stack.growth == "double" else depth + stack.add_layers
+        _require(depth == arch.num_layers,
+                 f"method.stacking grows {stack.initial_layers} layers to {depth} ({stack.growth} "
+                 f"x{len(stack.at)}), but arch.num_layers={arch.num_layers}; adjust "
+                 f"method.stacking.initial_layers / at / add_layers.")
+        _require(0 <= stack.rewarmup < 1, "method.stacking.rewarmup must be in [0, 1).")
+    if method.layer_drop.enabled:
+        _require(0 < method.layer_drop.theta_min <= 1 and method.layer_drop.gamma >= 0,
+                 "method.layer_drop needs 0 < theta_min <= 1 and gamma >= 0.")
+    if method.selection != "none":
+        _require(cfg.train.objective == "mlm",
+                 f"method.selection={method.selection} scores examples by their MLM loss; "
+                 f"train.objective={cfg.train.objective} is not supported.")
+        _require(not method.train_on_held_out,
+                 "method=il_model (irreducible-loss model) trains plainly on the held-out "
+                 "split; it cannot also select batches (method.selection must be none).")
+    if method.selection == "selective_backprop":
+        sb = method.selective_backprop
+        _require(sb.beta > 0 and sb.history >= 1,
+                 "method.selective_backprop needs beta > 0 and history >= 1.")
+    if method.selection == "rho_loss":
+        _require(bool(method.rho_loss.il_losses),
+                 "method.selection=rho_loss needs method.rho_loss.il_losses=<file> (train an "
+                 "irreducible-loss model with method=il_model, then run "
+                 "`python -m efficient_training.extract_il_losses`).")
+        _require(0 < method.rho_loss.keep_fraction <= 1,
+                 f"method.rho_loss.keep_fraction={method.rho_loss.keep_fraction} must be in "
+                 f"(0, 1].")
+    if optim.name == "sophiag":
+        _require(optim.hessian_interval >= 1, "train.optim.hessian_interval must be >= 1.")
+        _require(optim.rho > 0, "train.optim.rho must be > 0.")
+        _require(optim.hessian_batch_size is None or optim.hessian_batch_size >= 1,
+                 "train.optim.hessian_batch_size must be >= 1 (or null).")
+        _require(cfg.impl.precision != "fp16",
+                 "train/optim=sophiag estimates its Hessian without loss scaling; use "
+                 "impl.precision=bf16 or fp32, not fp16.")
+        _require(cfg.train.objective == "mlm",
+                 "train/optim=sophiag samples labels from the MLM logits; it needs "
+                 "train.objective=mlm.")
+    if cfg.budget_kind == "rst":
+        from rst.table import find_table
+
+        find_table(cfg.rst.device, arch, cfg.data.seq_length, cfg.impl.microbatch_size,
+                   cfg.rst.tables_dir, cfg.rst.table)

@@ -13,22 +13,25 @@ from typing import Any
 
 # Allowed values of string-valued options, checked at start-up ("key": allowed values).
 CHOICES: dict[str, tuple[str, ...]] = {
-    "budget_kind": ("hours", "steps", "tokens"),
-    "arch.model_type": ("crammed", "hf-bert"),
+    "budget_kind": ("hours", "steps", "tokens", "rst"),
+    "arch.model_type": ("crammed", "hf-bert", "gpt", "llama", "ltg-bert"),
     "arch.norm": ("layernorm", "rmsnorm"),
     "arch.norm_scheme": ("pre", "post"),
     "arch.ffn": ("glu", "mlp"),
     "arch.activation": ("gelu", "relu", "silu"),
-    "arch.position_embedding": ("scaled-sinusoidal", "sinusoidal", "learned"),
+    "arch.position_embedding": ("scaled-sinusoidal", "sinusoidal", "learned", "rope", "relative"),
     "arch.attention_impl": ("auto", "sdpa", "flash-attn", "eager"),
-    "data.source": ("wikiextractor", "text", "jsonl", "hf"),
+    "data.source": ("wikiextractor", "text", "jsonl", "hf", "binary"),
     "data.tokenizer": ("wordpiece", "bpe", "unigram", "pretrained"),
-    "train.objective": ("mlm",),
+    "train.objective": ("mlm", "clm", "hybrid"),
     "train.scheduler": ("triangle", "one-cycle", "cosine", "linear", "constant", "inverse-sqrt"),
-    "train.optim.name": ("adamw", "adam"),
+    "train.optim.name": ("adamw", "adam", "lion", "sophiag", "lamb"),
     "impl.device": ("auto", "cpu", "cuda", "mps"),
     "impl.precision": ("auto", "fp32", "bf16", "fp16"),
     "wandb.mode": ("offline", "online", "disabled"),
+    "method.selection": ("none", "selective_backprop", "rho_loss"),
+    "method.stacking.growth": ("double", "add"),
+    "method.stacking.optimizer_state": ("copy", "reset"),
 }
 
 
@@ -62,6 +65,11 @@ class ArchConfig:
     init_std: float = 0.02
     type_vocab_size: int = 0  # 0: no token-type embedding
     attention_impl: str = "auto"
+    # Causal-LM families (gpt, llama, ltg-bert); the defaults leave the encoders unchanged.
+    causal: bool = False  # default attention pattern: True = no token sees the future
+    num_kv_heads: int | None = None  # grouped-query attention; None = num_heads
+    rope_theta: float = 10000.0  # base of the rotary frequencies (position_embedding: rope)
+    position_buckets: int = 32  # relative-position buckets (position_embedding: relative)
 
 
 @dataclass
@@ -101,6 +109,11 @@ class OptimConfig:
     eps: float = 1e-12
     weight_decay: float = 0.01
     fused: bool | None = None  # None: fused when the device supports it
+    # Sophia-G only: clipping threshold rho, Hessian estimate every k steps over this many
+    # sequences (null: one microbatch), EMA factor of the estimate is betas[1].
+    rho: float = 0.04
+    hessian_interval: int = 10
+    hessian_batch_size: int | None = None
 
 
 @dataclass
@@ -128,6 +141,17 @@ class TrainConfig:
     keep_checkpoints: int = 2
     validate_at_end: bool = True
     val_batches: int = 50
+    # Causal LM and the GPT-BERT hybrid (objective: clm / hybrid); see README "Objectives".
+    hybrid_numerator: int = 1  # MNTP share of the training signal: numerator / denominator
+    hybrid_denominator: int = 2
+    mask_span_length: int = 1  # > 1: mask spans of 1..mask_span_length tokens
+    # [[progress, length], ...]: rows of data.seq_length are cut into shorter rows until
+    # that budget fraction (tokens per batch stay constant); null: always data.seq_length.
+    seq_length_schedule: list[Any] | None = None
+    token_weighted_loss: bool = False  # weight microbatches by their number of targets
+    z_loss: float = 0.0  # coefficient of the logsumexp(logits)^2 regulariser
+    document_mask: bool = False  # tokens attend only within their document (gpt/llama/ltg)
+    ema_decay: float | None = None  # keep an exponential moving average of the weights
 
 
 @dataclass
@@ -156,6 +180,70 @@ class WandbConfig:
 
 
 @dataclass
+class StackingConfig:
+    """Progressive layer stacking: train a shallow model, grow it at budget fractions."""
+
+    enabled: bool = False
+    initial_layers: int = 4
+    growth: str = "double"  # double: copy layers [0, k) onto [k, 2k); add: copy the top layer
+    add_layers: int = 1  # layers added per growth for growth=add
+    at: list[float] = field(default_factory=lambda: [0.25, 0.5])  # budget fractions
+    optimizer_state: str = "copy"  # copy: new layers get their source's state; reset: all fresh
+    rewarmup: float = 0.0  # budget fraction of linear LR re-warmup after each growth
+
+
+@dataclass
+class LayerDropConfig:
+    """Progressive layer dropping (Zhang & He 2020): keep-probability theta(progress)."""
+
+    enabled: bool = False
+    theta_min: float = 0.5  # theta(p) = theta_min + (1 - theta_min) * exp(-gamma * p)
+    gamma: float = 100.0  # in units of 1 / budget
+    rescale: bool = True  # scale a kept layer's residual branch by 1 / keep-probability
+
+
+@dataclass
+class SelectiveBackpropConfig:
+    """Selective backprop (Jiang et al. 2019): P(select) = percentile(loss)^beta."""
+
+    beta: float = 1.0
+    history: int = 1024  # recent losses the percentile is taken over
+
+
+@dataclass
+class RhoLossConfig:
+    """RHO-Loss (Mindermann et al. 2022): top-k of (training loss - irreducible loss)."""
+
+    il_losses: str | None = None  # file written by efficient_training/extract_il_losses.py
+    keep_fraction: float = 0.1  # selected fraction of each scored mega-batch
+
+
+@dataclass
+class MethodConfig:
+    """Efficient-training methods; they compose (see cramming/config/checks.py)."""
+
+    name: str = "none"
+    stacking: StackingConfig = field(default_factory=StackingConfig)
+    layer_drop: LayerDropConfig = field(default_factory=LayerDropConfig)
+    selection: str = "none"  # none | selective_backprop | rho_loss
+    selective_backprop: SelectiveBackpropConfig = field(default_factory=SelectiveBackpropConfig)
+    rho_loss: RhoLossConfig = field(default_factory=RhoLossConfig)
+    train_on_held_out: bool = False  # RHO's irreducible-loss model trains on the val split
+
+
+@dataclass
+class RSTConfig:
+    """Reference System Time (budget_kind=rst): which table, which passes are charged."""
+
+    device: str = "auto"  # table device, e.g. rtx3090; auto: this machine (cpu-<model>, ...)
+    table: str | None = None  # explicit table file; null: search rst/tables/ and tables_dir
+    tables_dir: str | None = None
+    charge_scoring_passes: bool = True  # false: SB/RHO forward scoring is free (NTNG default)
+    charge_hessian_passes: bool = True  # false: Sophia's estimator passes are free
+    charge_optimizer_step: bool = True
+
+
+@dataclass
 class PretrainConfig:
     name: str = "default"
     budget: float = 24.0
@@ -169,6 +257,8 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     impl: ImplConfig = field(default_factory=ImplConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    rst: RSTConfig = field(default_factory=RSTConfig)
 
 
 @dataclass
@@ -185,3 +275,20 @@ class ValidateConfig:
     split: str = "val"
     impl: ImplConfig = field(default_factory=ImplConfig)
     data: DataConfig | None = None
+
+
+@dataclass
+class GenerateConfig:
+    """generate.py: sample a continuation from a causal checkpoint."""
+
+    name: str | None = None
+    base_dir: str = "outputs"
+    model_path: str | None = None
+    prompt: str = ""
+    max_new_tokens: int = 50
+    temperature: float = 1.0  # 0: greedy
+    top_k: int | None = None  # sample from the k most likely tokens only
+    num_samples: int = 1
+    seed: int = 0
+    stop_at_document_end: bool = True  # stop at [SEP] (the end-of-document token)
+    device: str = "cpu"

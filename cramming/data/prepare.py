@@ -147,6 +147,10 @@ def load_prepared(cache_dir: str | Path) -> PreparedData:
 
 
 def _get_tokenizer(cfg: DataConfig, progress: bool) -> PreTrainedTokenizerFast:
+    if cfg.source == "binary":  # the ids were made with the corpus folder's own tokenizer
+        from cramming.data.binary import binary_tokenizer
+
+        return binary_tokenizer(cfg.paths)
     if cfg.tokenizer == "pretrained":
         if not cfg.pretrained_tokenizer:
             raise DataError("data.tokenizer=pretrained needs data.pretrained_tokenizer "
@@ -167,8 +171,14 @@ def _build(cfg: DataConfig, settings: dict[str, Any], digest: str, out: Path,
     if tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
         raise DataError("The tokenizer needs [CLS] and [SEP] tokens for packing.")
     tokenizer.save_pretrained(out / "tokenizer")
-    rows, counts = pack_documents(iter_documents(cfg), tokenizer, out, cfg.seq_length,
-                                  cfg.tokenize_batch_size, progress=progress)
+    if cfg.source == "binary":  # pre-tokenized corpus folders (cramming.data.binary)
+        from cramming.data.binary import pack_binary_corpus
+
+        rows, counts = pack_binary_corpus(cfg.paths, out, cfg.seq_length, tokenizer,
+                                          cfg.max_documents)
+    else:
+        rows, counts = pack_documents(iter_documents(cfg), tokenizer, out, cfg.seq_length,
+                                      cfg.tokenize_batch_size, progress=progress)
     needed = rows_needed(cfg.val_fraction)
     if counts["rows"] < needed:
         raise DataError(

@@ -64,7 +64,7 @@ def resolve_paths(patterns: Iterable[str], what: str = "data.paths") -> list[Pat
 
 def source_files(cfg: DataConfig) -> list[Path]:
     """Local files the corpus is read from ([] for hub datasets)."""
-    if cfg.source in LOCAL_SOURCES:
+    if cfg.source in LOCAL_SOURCES or cfg.source == "binary":  # binary: cramming.data.binary
         return resolve_paths(cfg.paths)
     if cfg.source == "hf":  # only local matches; other entries are patterns inside the hub repo
         matches = (Path(m) for pattern in cfg.hf_data_files

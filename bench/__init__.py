@@ -1,0 +1,1 @@
+"""Benchmarks: throughput, quality at budget, data preparation; run as ``python -m bench.X``."""

@@ -1,0 +1,147 @@
+"""Data-parallel plumbing on torch.distributed: process group, sharding, rank-0 decisions.
+
+Processes come from a real launcher — ``torchrun`` (env ``RANK``/``WORLD_SIZE``/
+``LOCAL_RANK``) or SLURM via Hydra's submitit launcher (``SLURM_PROCID``/``SLURM_NTASKS``)
+— never from this code. One process without either is plain single-device training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def broadcast_object(self, value: object) -> object:
+        """Rank 0's ``value`` on every rank."""
+        if not self.enabled:
+            return value
+        holder = [value]
+        dist.broadcast_object_list(holder, src=0)
+        return holder[0]
+
+    def gather_objects(self, value: object) -> list[object] | None:
+        """Every rank's ``value`` on rank 0 (None elsewhere)."""
+        if not self.enabled:
+            return [value]
+        gathered = [None] * self.world_size if self.is_main else None
+        dist.gather_object(value, gathered, dst=0)
+        return gathered
+
+
+def _first_slurm_host() -> str | None:
+    nodelist = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")
+    if not nodelist:
+        return None
+    try:
+        hosts = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
+                               text=True, timeout=30, check=True).stdout.split()
+        return hosts[0] if hosts else None
+    except (OSError, subprocess.SubprocessError):
+        return nodelist.split(",")[0].split("[")[0]
+
+
+def export_slurm_environment() -> None:
+    """Map SLURM task variables onto torch.distributed's env:// variables (multi-node)."""
+    if "RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+        return
+    os.environ["RANK"] = os.environ["SLURM_PROCID"]
+    os.environ["WORLD_SIZE"] = os.environ["SLURM_NTASKS"]
+    os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
+    os.environ.setdefault("MASTER_ADDR", _first_slurm_host() or "127.0.0.1")
+    job_id = int(os.environ.get("SLURM_JOB_ID", "0"))
+    os.environ.setdefault("MASTER_PORT", str(20000 + job_id % 20000))
+
+
+def init_distributed(device_type: str) -> DistributedContext:
+    """Join the process group the launcher set up (nccl on CUDA, gloo on CPU)."""
+    export_slurm_environment()
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistributedContext()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device_type == "cuda":
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    log.info("Process %d of %d (local rank %d, %s)", rank, world_size, local_rank,
+             dist.get_backend())
+    return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+def shard_rows(rows: dict[str, torch.Tensor], context: DistributedContext) -> dict:
+    """This rank's contiguous slice of a global chunk of rows."""
+    if not context.enabled:
+        return rows
+    size = next(iter(rows.values())).shape[0] // context.world_size
+    start = context.rank * size
+    return {key: value[start:start + size] for key, value in rows.items()}
+
+
+@dataclass(frozen=True)
+class StepDecision:
+    progress: float  # rank 0's budget progress
+    exhausted: bool  # rank 0's clock says the budget is spent
+    save: bool  # rank 0 says a checkpoint is due
+    interrupted: bool  # any rank received SIGTERM / SIGUSR1
+
+
+def agree_on_step(progress: float, exhausted: bool, save: bool, interrupted: bool,
+                  context: DistributedContext) -> StepDecision:
+    """One all-reduce per step so every rank follows the same schedule and stops together.
+
+    Clocks (wall time especially) drift between ranks; rank 0's reading is the one that
+    counts. A signal on any rank stops all of them.
+    """
+    if not context.enabled:
+        return StepDecision(progress, exhausted, save, interrupted)
+    main = 1.0 if context.is_main else 0.0
+    values = torch.tensor([progress * main, float(exhausted) * main, float(save) * main,
+                           float(interrupted)], dtype=torch.float64)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return StepDecision(float(values[0]), bool(values[1]), bool(values[2]), bool(values[3]))
+
+
+def mean_across_ranks(value: torch.Tensor, context: DistributedContext) -> torch.Tensor:
+    if not context.enabled:
+        return value
+    value = value.detach().clone()
+    dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value / context.world_size
+
+
+def no_sync_unless(last: bool, model: torch.nn.Module) -> contextlib.AbstractContextManager:
+    """Skip DDP's gradient all-reduce on all but the last microbatch of a step."""
+    if last or not hasattr(model, "no_sync"):
+        return contextlib.nullcontext()
+    return model.no_sync()
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,38 @@
+"""Causal language modeling: every position predicts the next token, attention is causal."""
+
+from __future__ import annotations
+
+import torch
+
+from cramming.config.schema import PretrainConfig, TrainConfig
+from cramming.objectives.base import Microbatch
+from cramming.objectives.common import ModelArguments, shift_left, token_weight
+
+
+class CausalLanguageModeling:
+    """Inputs are the rows unchanged; labels are the rows shifted left by one."""
+
+    kind = "clm"
+
+    def __init__(self, train: TrainConfig, model_args: ModelArguments):
+        self.train, self.model_args = train, model_args
+
+    @classmethod
+    def from_config(cls, cfg: PretrainConfig, tokenizer) -> CausalLanguageModeling:
+        """The CLM objective for ``cfg`` (document masks split rows at ``[SEP]``)."""
+        return cls(cfg.train, ModelArguments(cfg, tokenizer.sep_token_id))
+
+    def microbatch(self, rows: dict[str, torch.Tensor], progress: float,
+                   index: int) -> Microbatch:
+        """Next-token targets for the rows (deterministic: no randomness involved)."""
+        input_ids = rows["input_ids"]
+        labels = shift_left(input_ids)
+        weight = 1.0
+        if self.train.token_weighted_loss:
+            weight = token_weight(labels, input_ids.shape[0] * (input_ids.shape[1] - 1))
+        return Microbatch(input_ids, labels, rows["example_ids"], kind=self.kind,
+                          loss_weight=weight, model_kwargs=self.model_args(input_ids, True))
+
+    def log_values(self, progress: float) -> dict[str, float]:
+        """Nothing is scheduled in CLM."""
+        return {}

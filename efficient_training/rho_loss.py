@@ -1,0 +1,115 @@
+"""RHO-Loss (Mindermann et al. 2022, "Prioritized Training on Points that are Learnable,
+Worth Learning, and Not Yet Learnt").
+
+For each training microbatch the hook scores a mega-batch of ``microbatch / keep_fraction``
+rows (the engine's microbatch plus further rows from the same data stream) and trains on the
+``microbatch`` rows with the largest reducible loss ``training loss - irreducible loss``. The
+irreducible losses come from a model trained on the held-out split (``method=il_model``) and
+are looked up by each row's stable ``example_id`` (never by position, which shuffling
+changes). :mod:`efficient_training.extract_il_losses` writes the file.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from cramming.backend.hooks import TrainingHook
+from cramming.config.schema import RhoLossConfig
+from cramming.errors import ConfigError, DataError
+from cramming.objectives import Microbatch
+from efficient_training.common import ExtraBatches, concat, score, take_rows
+
+if TYPE_CHECKING:
+    from cramming.backend.engine import Trainer
+
+IL_FORMAT = "cramming-il-losses/1"
+
+
+class IrreducibleLosses:
+    """Irreducible loss per example id (sorted ids, binary search)."""
+
+    def __init__(self, example_ids: np.ndarray, losses: np.ndarray, fingerprint: str = ""):
+        order = np.argsort(example_ids, kind="stable")
+        self.ids = np.asarray(example_ids, dtype=np.int64)[order]
+        self.losses = np.asarray(losses, dtype=np.float32)[order]
+        self.fingerprint = fingerprint
+        if len(self.ids) and np.any(self.ids[1:] == self.ids[:-1]):
+            raise DataError("Irreducible-loss file lists an example id twice.")
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``.npz`` (ids, losses, data fingerprint)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as handle:
+            np.savez(handle, format=np.array(IL_FORMAT), example_ids=self.ids,
+                     losses=self.losses, fingerprint=np.array(self.fingerprint))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> IrreducibleLosses:
+        """Read a file written by :meth:`save`; ConfigError if it is missing or foreign."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"method.rho_loss.il_losses={path} does not exist; create it with "
+                              f"`python -m efficient_training.extract_il_losses`.")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if str(data["format"]) != IL_FORMAT:
+                    raise KeyError("format")
+                return cls(data["example_ids"], data["losses"], str(data["fingerprint"]))
+        except (KeyError, ValueError, OSError) as error:
+            raise ConfigError(f"{path} is not an irreducible-loss file ({error}).") from None
+
+    def covers(self, example_ids: np.ndarray) -> np.ndarray:
+        """Boolean mask: which of ``example_ids`` have an irreducible loss."""
+        pos = np.searchsorted(self.ids, example_ids).clip(max=max(len(self.ids) - 1, 0))
+        return (len(self.ids) > 0) & (self.ids[pos] == example_ids)
+
+    def lookup(self, example_ids: torch.Tensor) -> torch.Tensor:
+        """Irreducible losses of ``example_ids`` (DataError on an unknown id)."""
+        ids = example_ids.numpy()
+        known = self.covers(ids)
+        if not known.all():
+            raise DataError(f"No irreducible loss for example ids {ids[~known][:5].tolist()}: "
+                            f"extract the losses from the same data settings.")
+        return torch.from_numpy(self.losses[np.searchsorted(self.ids, ids)])
+
+
+class RhoLossHook(TrainingHook):
+    """Trains on the top-``keep_fraction`` rows of each mega-batch by reducible loss."""
+
+    def __init__(self, cfg: RhoLossConfig, il: IrreducibleLosses, microbatch_size: int):
+        self.cfg, self.il, self.microbatch_size = cfg, il, microbatch_size
+        self.mega_batch = max(math.ceil(microbatch_size / cfg.keep_fraction), microbatch_size)
+        self.extra = ExtraBatches(stream=2)
+        self._progress = 0.0
+        self.last_reducible = float("nan")
+
+    def before_step(self, trainer: Trainer) -> None:
+        self._progress = trainer.clock.progress()
+
+    def select_batch(self, trainer: Trainer, batch: Microbatch) -> Microbatch:
+        parts, rows = [batch], batch.input_ids.shape[0]
+        while rows < self.mega_batch:
+            size = min(self.microbatch_size, self.mega_batch - rows)
+            parts.append(self.extra.draw(trainer, size, self._progress))
+            rows += size
+        reducible = torch.cat([score(trainer, part) - self.il.lookup(part.example_ids)
+                               for part in parts])
+        top = torch.topk(reducible, self.microbatch_size).indices.sort().values
+        self.last_reducible = float(reducible[top].mean())
+        return take_rows(concat(parts), top)
+
+    def after_step(self, trainer: Trainer, record: dict) -> None:
+        record["reducible_loss"] = self.last_reducible
+
+    def state_dict(self) -> dict:
+        return {"extra": self.extra.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.extra.load_state_dict(state["extra"])

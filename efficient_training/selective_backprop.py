@@ -1,0 +1,85 @@
+"""Selective backprop (Jiang et al. 2019, "Accelerating Deep Learning by Focusing on the
+Biggest Losers").
+
+Candidates are scored by a forward pass; each is selected for backprop with probability
+``P = percentile(loss) ** beta``, the percentile taken among the last ``history`` scored
+losses (including the current ones). Selected rows are pooled until a full microbatch is
+ready; that microbatch is what the engine trains on. Scoring passes are charged to the
+budget clock as forward-only work.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING
+
+import torch
+
+from cramming.backend.hooks import TrainingHook
+from cramming.config.schema import SelectiveBackpropConfig
+from cramming.objectives import Microbatch
+from efficient_training.common import ExtraBatches, concat, score, take_rows
+
+if TYPE_CHECKING:
+    from cramming.backend.engine import Trainer
+
+
+def selection_probabilities(losses: torch.Tensor, history: torch.Tensor,
+                            beta: float) -> torch.Tensor:
+    """``(fraction of history <= loss) ** beta`` for each loss (Jiang et al., Alg. 1)."""
+    if history.numel() == 0:
+        return torch.ones_like(losses)
+    percentile = (history[None, :] <= losses[:, None]).float().mean(dim=1)
+    return percentile.pow(beta)
+
+
+class SelectiveBackpropHook(TrainingHook):
+    """Replaces each training microbatch by one built from selected high-loss candidates."""
+
+    def __init__(self, cfg: SelectiveBackpropConfig, microbatch_size: int, seed: int):
+        self.cfg, self.microbatch_size = cfg, microbatch_size
+        self.history: deque[float] = deque(maxlen=cfg.history)
+        self.generator = torch.Generator().manual_seed(seed + 104729)
+        self.extra = ExtraBatches(stream=1)
+        self.pool: list[Microbatch] = []
+        self.scored = self.selected = 0
+        self._progress = 0.0
+
+    def before_step(self, trainer: Trainer) -> None:
+        self._progress = trainer.clock.progress()
+
+    def _select(self, losses: torch.Tensor) -> torch.Tensor:
+        self.history.extend(losses.tolist())
+        probs = selection_probabilities(losses, torch.tensor(list(self.history)), self.cfg.beta)
+        draws = torch.rand(len(losses), generator=self.generator)
+        return (draws < probs).nonzero().squeeze(1)
+
+    def select_batch(self, trainer: Trainer, batch: Microbatch) -> Microbatch:
+        candidates = batch
+        while sum(b.input_ids.shape[0] for b in self.pool) < self.microbatch_size:
+            chosen = self._select(score(trainer, candidates))
+            self.scored += candidates.input_ids.shape[0]
+            self.selected += len(chosen)
+            if len(chosen):
+                self.pool.append(take_rows(candidates, chosen))
+            candidates = self.extra.draw(trainer, self.microbatch_size, self._progress)
+        pooled = concat(self.pool)
+        size = self.microbatch_size
+        rest = pooled.input_ids.shape[0] - size
+        self.pool = [take_rows(pooled, torch.arange(size, size + rest))] if rest else []
+        return take_rows(pooled, torch.arange(size))
+
+    def after_step(self, trainer: Trainer, record: dict) -> None:
+        record["selected_fraction"] = self.selected / max(self.scored, 1)
+
+    def state_dict(self) -> dict:
+        return {"history": list(self.history), "generator": self.generator.get_state(),
+                "extra": self.extra.state_dict(), "pool": self.pool,
+                "scored": self.scored, "selected": self.selected}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = deque(state["history"], maxlen=self.cfg.history)
+        self.generator.set_state(state["generator"])
+        self.extra.load_state_dict(state["extra"])
+        self.pool = list(state["pool"])
+        self.scored, self.selected = int(state["scored"]), int(state["selected"])

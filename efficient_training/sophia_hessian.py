@@ -1,0 +1,125 @@
+"""Sophia-G's Hessian estimator passes, run every ``hessian_interval`` optimizer steps.
+
+Gauss-Newton-Bartlett estimate (Liu et al. 2023, Alg. 2) for masked language modelling: on
+an estimator batch the model's MLM logits at the *masked positions* (the model's output
+distribution over the vocabulary, never hidden states) are used to sample labels
+``y_hat ~ softmax(logits)``; the gradient ``g_hat`` of the mean cross-entropy against those
+sampled labels, accumulated over the whole estimator batch, gives ``h_hat = B * g_hat**2``
+(``B`` = number of predicted positions), which :meth:`SophiaG.update_hessian` folds into its
+EMA. The passes are charged to the budget clock as ``hessian`` work.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cramming.architectures import IGNORE_INDEX
+from cramming.backend.clock import Work, active_layers
+from cramming.backend.hooks import TrainingHook
+from cramming.backend.optim import SophiaG
+from cramming.config.schema import OptimConfig
+from cramming.objectives import Microbatch
+from efficient_training.common import ExtraBatches
+
+if TYPE_CHECKING:
+    from cramming.backend.engine import Trainer
+
+
+def masked_logits(outputs: dict, labels: torch.Tensor) -> torch.Tensor:
+    """The model's vocabulary logits at the predicted (masked) positions, [n, V]."""
+    logits = outputs["logits"]
+    if logits.dim() == 3:  # dense prediction: [B, L, V]
+        return logits[labels != IGNORE_INDEX]
+    return logits[: int(outputs["num_predictions"])]  # sparse: masked rows come first
+
+
+def sample_labels(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One label per row drawn from ``softmax(logits)``."""
+    probs = torch.softmax(logits.detach().float(), dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def estimate_hessian(model: nn.Module, optimizer: SophiaG, batches: list[Microbatch],
+                     generator: torch.Generator, device: torch.device,
+                     autocast: object | None = None) -> int:
+    """Accumulate ``g_hat`` over ``batches``, fold ``B * g_hat**2`` into ``optimizer``.
+
+    Leaves the gradients cleared; returns ``B``, the number of predicted positions.
+    """
+    total = int(sum(int((b.labels != IGNORE_INDEX).sum()) for b in batches))
+    optimizer.zero_grad(set_to_none=True)
+    if total == 0:
+        return 0
+    for batch in batches:
+        labels = batch.labels.to(device)
+        context = autocast() if autocast is not None else torch.autocast(device.type,
+                                                                          enabled=False)
+        with context:
+            outputs = model(batch.input_ids.to(device), labels=labels, **batch.model_kwargs)
+        logits = masked_logits(outputs, labels)
+        sampled = sample_labels(logits, generator)
+        loss = F.cross_entropy(logits.float(), sampled, reduction="sum") / total
+        loss.backward()
+    optimizer.update_hessian(total)
+    optimizer.zero_grad(set_to_none=True)
+    return total
+
+
+class SophiaHessianHook(TrainingHook):
+    """Refreshes the Sophia-G Hessian estimate before every ``hessian_interval``-th step."""
+
+    def __init__(self, cfg: OptimConfig, microbatch_size: int, seed: int):
+        self.interval = cfg.hessian_interval
+        self.batch_size = cfg.hessian_batch_size or microbatch_size
+        self.microbatch_size = microbatch_size
+        self.extra = ExtraBatches(stream=3)
+        self.seed = seed + 15485863
+        self._generator: torch.Generator | None = None
+        self._pending_state: torch.Tensor | None = None
+        self.estimates = 0
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        if self._generator is None:
+            self._generator = torch.Generator(device=device).manual_seed(self.seed)
+            if self._pending_state is not None:
+                self._generator.set_state(self._pending_state)
+        return self._generator
+
+    def before_step(self, trainer: Trainer) -> None:
+        if trainer.step % self.interval:
+            return
+        progress, batches, remaining = trainer.clock.progress(), [], self.batch_size
+        while remaining > 0:
+            size = min(self.microbatch_size, remaining)
+            batches.append(self.extra.draw(trainer, size, progress))
+            remaining -= size
+        device = trainer.runtime.device
+        trainer.model.train()
+        estimate_hessian(trainer.model, trainer.optimizer, batches, self.generator(device),
+                         device, trainer.runtime.autocast)
+        for batch in batches:
+            trainer.clock.charge_microbatch(Work(
+                sequences=batch.input_ids.shape[0], tokens=batch.input_ids.numel(),
+                kind="hessian", active_layers=active_layers(trainer.model)))
+        self.estimates += 1
+
+    def after_step(self, trainer: Trainer, record: dict) -> None:
+        record["hessian_estimates"] = self.estimates
+
+    def state_dict(self) -> dict:
+        generator = self._generator.get_state() if self._generator is not None else None
+        return {"extra": self.extra.state_dict(), "generator": generator,
+                "estimates": self.estimates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.extra.load_state_dict(state["extra"])
+        self.estimates = int(state["estimates"])
+        if state["generator"] is not None:
+            if self._generator is not None:
+                self._generator.set_state(state["generator"])
+            else:
+                self._pending_state = state["generator"]

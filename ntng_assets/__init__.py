@@ -1,0 +1,1 @@
+"""Download scripts for NTNG's published assets (C4 subset, irreducible losses)."""

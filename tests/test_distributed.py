@@ -1,0 +1,99 @@
+"""Data parallelism with real processes (torchrun, gloo on CPU)."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cramming.backend.metrics import read_jsonl
+from tests.conftest import REPO_ROOT
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+NO_DROPOUT = ["arch.dropout=0", "arch.attention_dropout=0"]
+
+
+def worker(run_dir: Path, overrides: list[str], processes: int = 1) -> None:
+    launcher = [*TORCHRUN, f"--nproc_per_node={processes}"] if processes > 1 else [sys.executable]
+    result = subprocess.run([*launcher, "tests/ddp_worker.py", str(run_dir), *overrides],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [r["loss"] for r in read_jsonl(run_dir / "metrics.jsonl")]
+
+
+def seen(run_dir: Path, rank: int) -> dict:
+    return json.loads((run_dir / f"seen_rank{rank}.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tiny_overrides):
+    """Few documents, so one epoch is a handful of steps."""
+    return [*tiny_overrides, "data.max_documents=30", *NO_DROPOUT]
+
+
+@pytest.fixture(scope="module")
+def single_process_run(small_corpus, tmp_path_factory) -> Path:
+    """The reference: one process, microbatch 8, 15 steps (more than one epoch)."""
+    run_dir = tmp_path_factory.mktemp("single")
+    worker(run_dir, [*small_corpus, "budget=15", "impl.microbatch_size=8"])
+    return run_dir
+
+
+def test_two_processes_equal_one_and_see_every_row_once(small_corpus, single_process_run,
+                                                        tmp_path):
+    worker(tmp_path / "ddp", [*small_corpus, "budget=15", "impl.microbatch_size=4"],
+           processes=2)
+    # Same global batch -> the same loss sequence (per-rank loss means differ slightly).
+    assert losses(tmp_path / "ddp") == pytest.approx(losses(single_process_run), rel=5e-3)
+
+    ranks = [seen(tmp_path / "ddp", r) for r in (0, 1)]
+    assert ranks[0]["steps"] == ranks[1]["steps"] == 15
+    train_ids = set(ranks[0]["train_ids"])
+    # Interleave the ranks' microbatches back into the global order of rows.
+    per_rank = [np.array(r["example_ids"]).reshape(-1, 4) for r in ranks]
+    global_order = np.concatenate([np.concatenate(pair) for pair in zip(*per_rank)]).tolist()
+    assert len(global_order) > len(train_ids), "the run must cover a whole epoch"
+    epoch = global_order[: len(train_ids)]
+    assert len(set(epoch)) == len(train_ids) and set(epoch) == train_ids
+    assert global_order == seen(single_process_run, 0)["example_ids"]
+
+
+def test_wall_clock_budget_stops_all_ranks_on_the_same_step(small_corpus, tmp_path):
+    worker(tmp_path, [*small_corpus, "budget_kind=hours", "budget=0.003",
+                      "impl.microbatch_size=4", "train.validate_at_end=false"], processes=2)
+    steps = [seen(tmp_path, r)["steps"] for r in (0, 1)]
+    assert steps[0] == steps[1] >= 1
+    assert len(read_jsonl(tmp_path / "metrics.jsonl")) == steps[0]
+
+
+def test_sigterm_then_resume_on_two_processes_continues_the_run(small_corpus,
+                                                               single_process_run, tmp_path):
+    common = [*small_corpus, "budget=15"]
+    reference = losses(single_process_run)
+
+    run_dir = tmp_path / "interrupted"
+    process = subprocess.Popen([sys.executable, "tests/ddp_worker.py", str(run_dir), *common,
+                                "impl.microbatch_size=8"], cwd=REPO_ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(read_jsonl(run_dir / "metrics.jsonl")) < 3:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-3000:]
+    assert "checkpoint written" in stderr
+    stopped_at = len(read_jsonl(run_dir / "metrics.jsonl"))
+    assert 3 <= stopped_at < 15 and not (run_dir / "model").exists()
+
+    worker(run_dir, [*common, "impl.microbatch_size=4", "resume=true"], processes=2)
+    resumed = losses(run_dir)
+    assert len(resumed) == 15
+    assert resumed[:stopped_at] == reference[:stopped_at]
+    assert resumed == pytest.approx(reference, rel=5e-3)
