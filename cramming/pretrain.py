@@ -127,10 +127,17 @@ def run_pretraining(cfg: PretrainConfig, run_dir: Path,
         summary["interrupted"] = True
         return summary
     trainer.save()
+    final_model = trainer.model
+    if trainer.sharded:  # gather the shards into a plain model: eval.py loads it like any other
+        weights = trainer.model_weights()
+        if context.is_main:
+            final_model = build_model(cfg.arch, vocab_size=len(tokenizer),
+                                      pad_token_id=tokenizer.pad_token_id).to(runtime.device)
+            final_model.load_state_dict(weights)
     if not context.is_main:
         return summary
     if cfg.train.validate_at_end and len(prepared.val) > 0:
-        scores = evaluate_objective(trainer.model, prepared.val,
+        scores = evaluate_objective(final_model, prepared.val,
                                     MLMMasker.from_tokenizer(tokenizer), runtime,
                                     objective=cfg.train.objective,
                                     batch_size=cfg.impl.microbatch_size,
@@ -143,7 +150,7 @@ def run_pretraining(cfg: PretrainConfig, run_dir: Path,
                  scores["loss"], scores["accuracy"])
     plot_loss_curve(run_dir / "metrics.jsonl", run_dir / "loss_curve.png")
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    save_model_folder(run_dir / "model", trainer.model, tokenizer, resolved)
+    save_model_folder(run_dir / "model", final_model, tokenizer, resolved)
     if ema is not None:
         save_model_folder(run_dir / "model-ema", ema.averaged_model(trainer.model), tokenizer,
                           resolved)

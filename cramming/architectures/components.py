@@ -58,7 +58,8 @@ class SinusoidalPositions(nn.Module):
         # Not persistent: it is a pure function of the shape, so checkpoints stay small.
         self.register_buffer("table", sinusoid_table(max_len, dim), persistent=False)
         # Cramming starts the scale at 1/sqrt(dim) so positions do not swamp token embeddings.
-        self.scale = nn.Parameter(torch.tensor(dim**-0.5)) if scaled else None
+        # Shape [1], not a 0-d scalar: FSDP2 cannot shard 0-d parameters.
+        self.scale = nn.Parameter(torch.full((1,), dim**-0.5)) if scaled else None
 
     def forward(self, seq_len: int) -> torch.Tensor:
         positions = self.table[:seq_len]

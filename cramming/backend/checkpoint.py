@@ -89,11 +89,12 @@ def atomic_folder(target: Path, fill: Callable[[Path], None]) -> Path:
     return target
 
 
-def _state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def _state_dict_for_saving(weights: torch.nn.Module | dict) -> dict[str, torch.Tensor]:
     """Weights with shared (tied) tensors stored once, contiguous, on the CPU."""
     seen: dict[int, str] = {}
     tensors = {}
-    for key, value in model.state_dict().items():
+    state = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
+    for key, value in state.items():
         if value.data_ptr() in seen:
             continue
         seen[value.data_ptr()] = key
@@ -101,14 +102,19 @@ def _state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def load_weights(model: torch.nn.Module, file: Path) -> None:
-    """Load safetensors weights into ``model``; CheckpointError if unreadable or mismatched."""
+def read_weights(file: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; CheckpointError if missing or unreadable."""
     if not file.is_file():
         raise CheckpointError(f"Missing weights file {file}.")
     try:
-        tensors = load_file(str(file))
+        return load_file(str(file))
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(f"Corrupt or truncated weights file {file}: {error}") from None
+
+
+def load_weights(model: torch.nn.Module, file: Path) -> None:
+    """Load safetensors weights into ``model``; CheckpointError if unreadable or mismatched."""
+    tensors = read_weights(file)
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     # Tied weights are saved once; the other name is filled through the shared tensor.
     tied = {name for name, param in model.named_parameters(remove_duplicate=False)} - set(tensors)
@@ -123,8 +129,8 @@ def load_weights(model: torch.nn.Module, file: Path) -> None:
 # --------------------------------------------------------------------------- training state
 
 
-def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, state: dict[str, Any],
-                    keep: int = 2) -> Path:
+def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module | dict,
+                    state: dict[str, Any], keep: int = 2) -> Path:
     """Write ``checkpoints/step-N`` atomically, point LATEST at it, prune old ones."""
     root = Path(run_dir) / "checkpoints"
     target = root / f"step-{step:09d}"
@@ -151,9 +157,10 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return folder if folder.is_dir() else None
 
 
-def load_checkpoint(folder: Path, model: torch.nn.Module) -> dict[str, Any]:
-    """Load weights into ``model`` and return the saved training state."""
-    load_weights(model, folder / MODEL_WEIGHTS)
+def load_checkpoint(folder: Path, model: torch.nn.Module | None) -> dict[str, Any]:
+    """Load weights into ``model`` (unless None) and return the saved training state."""
+    if model is not None:
+        load_weights(model, folder / MODEL_WEIGHTS)
     state_file = folder / TRAINING_STATE
     if not state_file.is_file():
         raise CheckpointError(f"Missing training state {state_file}.")

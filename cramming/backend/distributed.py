@@ -135,11 +135,73 @@ def mean_across_ranks(value: torch.Tensor, context: DistributedContext) -> torch
     return value / context.world_size
 
 
+@contextlib.contextmanager
+def _fsdp_no_sync(model: torch.nn.Module):
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
+
+
 def no_sync_unless(last: bool, model: torch.nn.Module) -> contextlib.AbstractContextManager:
-    """Skip DDP's gradient all-reduce on all but the last microbatch of a step."""
-    if last or not hasattr(model, "no_sync"):
+    """Skip the gradient all-reduce (DDP) / reduce-scatter (FSDP2) on all but the last
+    microbatch of a step."""
+    if last:
         return contextlib.nullcontext()
-    return model.no_sync()
+    if hasattr(model, "no_sync"):
+        return model.no_sync()
+    if hasattr(model, "set_requires_gradient_sync"):
+        return _fsdp_no_sync(model)
+    return contextlib.nullcontext()
+
+
+def _full_state_options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def shard_model(model: torch.nn.Module) -> None:
+    """FSDP2: shard every transformer layer, then the rest (embeddings, head) at the root."""
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in getattr(model, "layers", []):
+        fully_shard(layer)
+    fully_shard(model)
+
+
+def full_model_state(model: torch.nn.Module, sharded: bool) -> dict[str, torch.Tensor]:
+    """Consolidated (unsharded) weights; collective when ``sharded``."""
+    if not sharded:
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=_full_state_options())
+
+
+def load_full_model_state(model: torch.nn.Module, weights: dict, sharded: bool) -> None:
+    if not sharded:
+        model.load_state_dict(weights, strict=False)
+        return
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    set_model_state_dict(model, weights, options=_full_state_options())
+
+
+def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """Optimizer state keyed by parameter name and unsharded, whatever the backend, so a
+    checkpoint resumes on one process, under DDP or under FSDP (collective under FSDP)."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=_full_state_options())
+
+
+def load_full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                              state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=_full_state_options())
 
 
 def cleanup_distributed() -> None:

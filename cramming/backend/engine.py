@@ -19,13 +19,24 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from cramming.backend.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from cramming.backend.checkpoint import (
+    MODEL_WEIGHTS,
+    latest_checkpoint,
+    load_checkpoint,
+    read_weights,
+    save_checkpoint,
+)
 from cramming.backend.clock import Work, active_layers, build_clock
 from cramming.backend.distributed import (
     DistributedContext,
     agree_on_step,
+    full_model_state,
+    full_optimizer_state,
+    load_full_model_state,
+    load_full_optimizer_state,
     mean_across_ranks,
     no_sync_unless,
+    shard_model,
 )
 from cramming.backend.hooks import TrainingHook
 from cramming.backend.metrics import MetricsLogger
@@ -105,9 +116,12 @@ class Trainer:
                 f"impl.microbatch_size x processes = {cfg.impl.microbatch_size} x "
                 f"{self.context.world_size}.")
         self.model = model.to(runtime.device)
+        self.sharded = self.context.enabled and cfg.impl.distributed == "fsdp"
+        if self.sharded:
+            shard_model(self.model)
         self.forward_model = torch.compile(self.model, mode=cfg.impl.compile_mode) \
             if cfg.impl.compile else self.model
-        if self.context.enabled:
+        if self.context.enabled and not self.sharded:
             device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
             self.forward_model = nn.parallel.DistributedDataParallel(self.forward_model,
                                                                      device_ids=device_ids)
@@ -130,7 +144,8 @@ class Trainer:
         """Everything a resume needs; collective under DDP (RNG streams of every rank)."""
         return {
             "step": self.step, "microbatches": self.microbatches, "tokens": self.tokens,
-            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+            "optimizer": full_optimizer_state(self.model, self.optimizer),
+            "scaler": self.scaler.state_dict(),
             "clock": self.clock.state_dict(), "sampler": self.sampler.state_dict(),
             "rng": self.context.gather_objects(rng_state()),
             "world_size": self.context.world_size,
@@ -140,7 +155,7 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         self.step, self.microbatches = state["step"], state["microbatches"]
         self.tokens = state["tokens"]
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_full_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.clock.load_state_dict(state["clock"])
         self.sampler.load_state_dict(state["sampler"])
@@ -158,19 +173,28 @@ class Trainer:
     def save(self) -> Path:
         """Checkpoint (written by rank 0; all ranks wait until it is complete)."""
         state = self.state_dict()
+        weights = self.model_weights()
         folder = self.run_dir / "checkpoints"
         if self.context.is_main:
-            folder = save_checkpoint(self.run_dir, self.step, self.model, state,
+            folder = save_checkpoint(self.run_dir, self.step, weights, state,
                                      keep=self.cfg.train.keep_checkpoints)
         self.context.barrier()
         return folder
+
+    def model_weights(self) -> dict[str, torch.Tensor]:
+        """Consolidated weights (collective under FSDP; the same on every backend)."""
+        return full_model_state(self.model, self.sharded)
 
     def resume(self) -> bool:
         """Continue from the run folder's newest checkpoint; False when there is none."""
         folder = latest_checkpoint(self.run_dir)
         if folder is None:
             return False
-        state = load_checkpoint(folder, self.model)
+        if self.sharded:
+            state = load_checkpoint(folder, None)
+            load_full_model_state(self.model, read_weights(folder / MODEL_WEIGHTS), True)
+        else:
+            state = load_checkpoint(folder, self.model)
         try:
             self.load_state_dict(state)
         except (KeyError, ValueError, TypeError) as error:

@@ -61,6 +61,9 @@ def check_pretrain_config(cfg: PretrainConfig) -> None:
                  "data.tokenizer=pretrained needs data.pretrained_tokenizer=<name or path>.")
     if impl.precision == "fp16":
         _require(impl.device in ("auto", "cuda"), "impl.precision=fp16 needs CUDA.")
+    if impl.distributed == "fsdp":
+        _require(not train.ema_decay, "train.ema_decay is not supported with "
+                 "impl.distributed=fsdp yet; use impl.distributed=ddp.")
     check_lm_options(cfg)
     check_method_options(cfg)
 

@@ -28,6 +28,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.optim.name": ("adamw", "adam", "lion", "sophiag", "lamb"),
     "impl.device": ("auto", "cpu", "cuda", "mps"),
     "impl.precision": ("auto", "fp32", "bf16", "fp16"),
+    "impl.distributed": ("ddp", "fsdp"),
     "wandb.mode": ("offline", "online", "disabled"),
     "method.selection": ("none", "selective_backprop", "rho_loss"),
     "method.stacking.growth": ("double", "add"),
@@ -167,6 +168,8 @@ class ImplConfig:
     threads: int | None = None
     deterministic: bool = False
     progress_bar: bool = True
+    # Data-parallel engine under torchrun/SLURM: ddp (replicated) | fsdp (FSDP2 fully_shard)
+    distributed: str = "ddp"
 
 
 @dataclass
