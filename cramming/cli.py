@@ -44,3 +44,26 @@ def pretrain_main(raw_cfg: DictConfig) -> dict:
     from cramming.pretrain import run_pretraining
 
     return exit_on_error(run_pretraining, cfg, hydra_output_dir())
+
+
+def launch_pretraining(preset: dict[str, str] | None = None) -> None:
+    """Run ``pretrain_bert.py``'s Hydra CLI, with ``preset`` group choices as defaults.
+
+    The method-specific entry points pass e.g. ``{"method": "selective_backprop"}``; an
+    explicit choice on the command line wins.
+    """
+    import hydra
+
+    from cramming.config import CONFIG_DIR, register_resolvers
+
+    register_resolvers()
+    script = Path(sys.argv[0]).stem
+    arguments = sys.argv[1:]
+    for key, value in (preset or {}).items():
+        if not any(arg.lstrip("+~").startswith(f"{key}=") for arg in arguments):
+            arguments.insert(0, f"{key}={value}")
+    if not any(arg.startswith("hydra.job.name=") for arg in arguments):
+        arguments.insert(0, f"hydra.job.name={script}")  # log file <script>.log, not cli.log
+    sys.argv[1:] = arguments
+    hydra.main(config_path=str(CONFIG_DIR), config_name="pretrain",
+               version_base=None)(pretrain_main)()

@@ -1,6 +1,7 @@
 """The training engine on a tiny model and real text: budgets, resume, NaN, decay groups."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,14 @@ def test_loss_falls_on_real_text(tiny_overrides, tmp_path):
     assert sum(curve[-5:]) / 5 < sum(curve[:5]) / 5 - 0.5
     validation = json.loads((tmp_path / "validation.jsonl").read_text().splitlines()[0])
     assert validation["loss"] < curve[0]
+
+
+def test_wall_clock_budget_is_honoured_inside_a_large_step(tiny_overrides, tmp_path):
+    """A huge accumulated batch must not overrun the budget by a whole step."""
+    cfg = config(tiny_overrides, "budget_kind=hours", "budget=0.0005", "train.batch_size=40000",
+                 "train.validate_at_end=false")
+    summary = run_pretraining(cfg, tmp_path)
+    (record,) = read_jsonl(tmp_path / "metrics.jsonl")
+    assert summary["steps"] == 1 and math.isfinite(record["loss"])
+    assert record["tokens"] < 40000 * 64  # stopped mid-step
+    assert summary["budget_spent"] < 0.0005 + 0.0005  # overran by far less than the budget

@@ -241,6 +241,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), device=device)
         kind_sums: dict[str, list] = {}
+        wall_clock = self.cfg.budget_kind == "hours" and not self.context.enabled
         for index in range(accumulation):
             batch = self._microbatch(micro, progress)
             with no_sync_unless(index == accumulation - 1, self.forward_model):
@@ -260,6 +261,16 @@ class Trainer:
                                               replicas=world))
             self.microbatches += 1
             self.tokens += tokens * world
+            done = index + 1
+            # Wall time spent mid-step (a large ramped batch on slow hardware): stop now
+            # rather than overrun by a whole step. Virtual clocks always finish the step.
+            if wall_clock and done < accumulation and self.clock.exhausted():
+                break
+        if done < accumulation:  # finish with the mean gradient of what was computed
+            for param in self.model.parameters():
+                if param.grad is not None:
+                    param.grad.mul_(accumulation / done)
+            loss_sum *= accumulation / done
         step_loss = mean_across_ranks(loss_sum, self.context).item()
         if not math.isfinite(step_loss):
             raise TrainingError(

@@ -7,6 +7,7 @@ and next-token accuracy, and for hybrid (GPT-BERT) models also MNTP (masked next
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -22,6 +23,41 @@ VALIDATION_SEED = 0
 
 
 @torch.no_grad()
+def _score(model: nn.Module, data: PackedDataset, runtime: Runtime, batch_size: int,
+           max_batches: int | None, make_batch: Callable[[torch.Tensor, int], tuple],
+           model_kwargs: dict, desc: str, progress_bar: bool) -> dict:
+    """Token-weighted loss and accuracy over rows read in order, in eval mode.
+
+    ``make_batch(input_ids, batch_index) -> (inputs, labels)`` turns rows into a scored batch.
+    """
+    was_training = model.training
+    model.eval()
+    total_rows = len(data)
+    num_batches = (total_rows + batch_size - 1) // batch_size
+    if max_batches is not None:
+        num_batches = min(num_batches, max_batches)
+    loss_sum, predictions, correct = 0.0, 0, 0
+    for index in tqdm(range(num_batches), desc=desc, disable=not progress_bar):
+        rows = data.batch(torch.arange(index * batch_size,
+                                       min((index + 1) * batch_size, total_rows)).numpy())
+        input_ids, labels = make_batch(rows["input_ids"], index)
+        with runtime.autocast():
+            out = model(input_ids.to(runtime.device), labels=labels.to(runtime.device),
+                        **model_kwargs)
+        count = int(out["num_predictions"])
+        loss_sum += float(out["loss"]) * count
+        predictions += count
+        correct += int(out["num_correct"])
+    model.train(was_training)
+    return {"loss": loss_sum / max(predictions, 1), "accuracy": correct / max(predictions, 1),
+            "predicted_tokens": predictions, "rows": min(num_batches * batch_size, total_rows)}
+
+
+def _shift_left(labels: torch.Tensor) -> torch.Tensor:
+    """Targets one position earlier (next-token prediction); the last position is ignored."""
+    return torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], -100)], dim=1)
+
+
 def evaluate_mlm(model: nn.Module, data: PackedDataset, masker: MLMMasker, runtime: Runtime,
                  mask_prob: float = VALIDATION_MASK_PROB, batch_size: int = 64,
                  max_batches: int | None = None, seed: int = VALIDATION_SEED,
@@ -34,66 +70,25 @@ def evaluate_mlm(model: nn.Module, data: PackedDataset, masker: MLMMasker, runti
     MNTP (each masked token predicted one position earlier); ``model_kwargs`` go to the
     forward (e.g. ``causal=False``).
     """
-    was_training = model.training
-    model.eval()
-    total_rows = len(data)
-    num_batches = (total_rows + batch_size - 1) // batch_size
-    if max_batches is not None:
-        num_batches = min(num_batches, max_batches)
-    loss_sum, predictions, correct = 0.0, 0, 0
-    for index in tqdm(range(num_batches), desc="validate", disable=not progress_bar):
-        rows = data.batch(torch.arange(index * batch_size,
-                                       min((index + 1) * batch_size, total_rows)).numpy())
+
+    def make_batch(input_ids: torch.Tensor, index: int) -> tuple:
         generator = torch.Generator().manual_seed(seed * 7919 + index)
-        input_ids, labels = masker(rows["input_ids"], mask_prob, generator)
-        if next_token:
-            labels = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], -100)], dim=1)
-        with runtime.autocast():
-            out = model(input_ids.to(runtime.device), labels=labels.to(runtime.device),
-                        **(model_kwargs or {}))
-        count = int(out["num_predictions"])
-        loss_sum += float(out["loss"]) * count
-        predictions += count
-        correct += int(out["num_correct"])
-    model.train(was_training)
-    return {
-        "loss": loss_sum / max(predictions, 1),
-        "accuracy": correct / max(predictions, 1),
-        "masked_tokens": predictions,
-        "rows": min(num_batches * batch_size, total_rows),
-        "mask_prob": mask_prob,
-        "seed": seed,
-    }
+        inputs, labels = masker(input_ids, mask_prob, generator)
+        return inputs, _shift_left(labels) if next_token else labels
+
+    scores = _score(model, data, runtime, batch_size, max_batches, make_batch,
+                    model_kwargs or {}, "validate", progress_bar)
+    scores["masked_tokens"] = scores.pop("predicted_tokens")
+    return {**scores, "mask_prob": mask_prob, "seed": seed}
 
 
-@torch.no_grad()
 def evaluate_clm(model: nn.Module, data: PackedDataset, runtime: Runtime, batch_size: int = 64,
                  max_batches: int | None = None, progress_bar: bool = True) -> dict:
     """Token-weighted next-token loss, perplexity and accuracy with causal attention."""
-    was_training = model.training
-    model.eval()
-    total_rows = len(data)
-    num_batches = (total_rows + batch_size - 1) // batch_size
-    if max_batches is not None:
-        num_batches = min(num_batches, max_batches)
-    loss_sum, predictions, correct = 0.0, 0, 0
-    for index in tqdm(range(num_batches), desc="validate clm", disable=not progress_bar):
-        rows = data.batch(torch.arange(index * batch_size,
-                                       min((index + 1) * batch_size, total_rows)).numpy())
-        input_ids = rows["input_ids"]
-        labels = torch.cat([input_ids[:, 1:], torch.full_like(input_ids[:, :1], -100)], dim=1)
-        with runtime.autocast():
-            out = model(input_ids.to(runtime.device), labels=labels.to(runtime.device),
-                        causal=True)
-        count = int(out["num_predictions"])
-        loss_sum += float(out["loss"]) * count
-        predictions += count
-        correct += int(out["num_correct"])
-    model.train(was_training)
-    loss = loss_sum / max(predictions, 1)
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)),
-            "accuracy": correct / max(predictions, 1), "predicted_tokens": predictions,
-            "rows": min(num_batches * batch_size, total_rows)}
+    scores = _score(model, data, runtime, batch_size, max_batches,
+                    lambda input_ids, index: (input_ids, _shift_left(input_ids)),
+                    {"causal": True}, "validate clm", progress_bar)
+    return {**scores, "perplexity": math.exp(min(scores["loss"], 50.0))}
 
 
 def evaluate_objective(model: nn.Module, data: PackedDataset, masker: MLMMasker,
