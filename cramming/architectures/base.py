@@ -65,14 +65,20 @@ class MaskedLMModel(nn.Module, metaclass=ABCMeta):
         ``per_example_loss`` ([B]: each row's CE sum / its predicted count, 0 if none).
         """
         hidden = self.encode(input_ids, attention_mask, token_type_ids)
+        return self.outputs_from_hidden(hidden, labels, return_per_example_loss)
+
+    def outputs_from_hidden(self, hidden: torch.Tensor, labels: torch.Tensor | None,
+                            return_per_example_loss: bool = False,
+                            z_loss: float | None = None) -> dict[str, torch.Tensor | None]:
+        """Decode (sparsely) and score final hidden states against ``labels``.
+
+        With ``z_loss`` given, the z-loss term mean(logsumexp(logits)^2) is returned as
+        ``z_loss`` and added to ``loss`` with that weight.
+        """
         if labels is None:
-            return {
-                "loss": None,
-                "logits": self.predict(hidden),
-                "num_predictions": None,
-                "num_correct": None,
-                "per_example_loss": None,
-            }
+            outputs = {"loss": None, "logits": self.predict(hidden), "num_predictions": None,
+                       "num_correct": None, "per_example_loss": None}
+            return outputs if z_loss is None else {**outputs, "z_loss": None}
         batch, seq_len = labels.shape
         flat_labels = labels.reshape(-1)
         if self.arch.sparse_prediction:
@@ -90,7 +96,13 @@ class MaskedLMModel(nn.Module, metaclass=ABCMeta):
         valid = flat_labels != IGNORE_INDEX
         num_predictions = valid.sum()
         # sum / count instead of mean: a batch without masked tokens gives 0, not NaN.
-        loss = token_loss.sum() / num_predictions.clamp(min=1)
+        count = num_predictions.clamp(min=1)
+        loss = token_loss.sum() / count
+        z_term = None
+        if z_loss is not None:
+            z_term = (torch.logsumexp(flat_logits.float(), dim=-1).square() * valid).sum() / count
+            if z_loss:
+                loss = loss + z_loss * z_term
         with torch.no_grad():
             num_correct = ((flat_logits.argmax(dim=-1) == flat_labels) & valid).sum()
         per_example_loss = None
@@ -100,13 +112,14 @@ class MaskedLMModel(nn.Module, metaclass=ABCMeta):
             loss_sum = token_loss.new_zeros(batch).index_add_(0, rows, token_loss)
             counts = token_loss.new_zeros(batch).index_add_(0, rows, valid.to(token_loss.dtype))
             per_example_loss = loss_sum / counts.clamp(min=1)
-        return {
+        outputs = {
             "loss": loss,
             "logits": logits,
             "num_predictions": num_predictions,
             "num_correct": num_correct,
             "per_example_loss": per_example_loss,
         }
+        return outputs if z_term is None else {**outputs, "z_loss": z_term.detach()}
 
     def _decode_positions(self, flat_labels: torch.Tensor) -> torch.Tensor:
         """Flat indices (into B*L) of the positions to decode, in row-major order."""

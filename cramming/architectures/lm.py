@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cramming.architectures.base import IGNORE_INDEX, MaskedLMModel
+from cramming.architectures.base import MaskedLMModel
 from cramming.architectures.components import (
     LearnedPositions,
     PredictionHead,
@@ -351,40 +351,7 @@ class TransformerLM(MaskedLMModel):
         ``z_loss`` (the unweighted regulariser, None without labels).
         """
         hidden = self.encode(input_ids, attention_mask, token_type_ids, causal, document_ids)
-        if labels is None:
-            return {"loss": None, "logits": self.predict(hidden), "num_predictions": None,
-                    "num_correct": None, "per_example_loss": None, "z_loss": None}
-        batch, seq_len = labels.shape
-        flat_labels = labels.reshape(-1)
-        if self.arch.sparse_prediction:
-            positions = self._decode_positions(flat_labels)
-            flat_labels = flat_labels[positions]
-            logits = self.predict(hidden.reshape(batch * seq_len, -1)[positions])
-            rows = torch.div(positions, seq_len, rounding_mode="floor")
-        else:
-            logits = self.predict(hidden)
-            rows = torch.arange(batch, device=labels.device).repeat_interleave(seq_len)
-        flat_logits = logits.reshape(-1, logits.shape[-1]).float()
-        token_loss = F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE_INDEX,
-                                     reduction="none")
-        valid = flat_labels != IGNORE_INDEX
-        num_predictions = valid.sum()
-        count = num_predictions.clamp(min=1)
-        loss = token_loss.sum() / count
-        log_z = torch.logsumexp(flat_logits, dim=-1)
-        z_term = (log_z.square() * valid).sum() / count
-        if z_loss:
-            loss = loss + z_loss * z_term
-        with torch.no_grad():
-            num_correct = ((flat_logits.argmax(dim=-1) == flat_labels) & valid).sum()
-        per_example_loss = None
-        if return_per_example_loss:
-            loss_sum = token_loss.new_zeros(batch).index_add_(0, rows, token_loss)
-            counts = token_loss.new_zeros(batch).index_add_(0, rows, valid.to(token_loss.dtype))
-            per_example_loss = loss_sum / counts.clamp(min=1)
-        return {"loss": loss, "logits": logits, "num_predictions": num_predictions,
-                "num_correct": num_correct, "per_example_loss": per_example_loss,
-                "z_loss": z_term.detach()}
+        return self.outputs_from_hidden(hidden, labels, return_per_example_loss, z_loss)
 
     def flops_per_token(self, seq_length: int, num_predicted_fraction: float) -> float:
         """Training FLOPs per token, counting grouped-query K/V projections at their width."""
