@@ -41,9 +41,13 @@ def pretrain_main(raw_cfg: DictConfig) -> dict:
     from cramming.config import load_pretrain_config
 
     cfg = exit_on_error(load_pretrain_config, raw_cfg)
+    from cramming.backend.distributed import cleanup_distributed
     from cramming.pretrain import run_pretraining
 
-    return exit_on_error(run_pretraining, cfg, hydra_output_dir())
+    try:
+        return exit_on_error(run_pretraining, cfg, hydra_output_dir())
+    finally:
+        cleanup_distributed()
 
 
 def launch_pretraining(preset: dict[str, str] | None = None) -> None:

@@ -94,15 +94,6 @@ def init_distributed(device_type: str) -> DistributedContext:
     return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank)
 
 
-def shard_rows(rows: dict[str, torch.Tensor], context: DistributedContext) -> dict:
-    """This rank's contiguous slice of a global chunk of rows."""
-    if not context.enabled:
-        return rows
-    size = next(iter(rows.values())).shape[0] // context.world_size
-    start = context.rank * size
-    return {key: value[start:start + size] for key, value in rows.items()}
-
-
 @dataclass(frozen=True)
 class StepDecision:
     progress: float  # rank 0's budget progress
