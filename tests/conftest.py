@@ -59,3 +59,14 @@ def tiny_overrides(enwiki_files: list[Path], pretrain_base_dir: Path) -> list[st
         "budget=6",
         f"base_dir={pretrain_base_dir}",
     ]
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny tensors on shared cores: one intra-op thread is many times faster."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -19,13 +19,7 @@ TINY = ("gpt-tiny", "llama-tiny", "ltg-bert-tiny")
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors on shared cores: one intra-op thread is many times faster."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 def arch(name: str, **overrides) -> ArchConfig:
     return dataclasses.replace(to_typed(OmegaConf.load(CONFIG_DIR / "arch" / f"{name}.yaml"),

@@ -36,13 +36,7 @@ SPECIAL = [0, CLS, SEP, MASK]
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors on shared cores: one intra-op thread is many times faster."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 def lm_config() -> PretrainConfig:
     raw = OmegaConf.load(CONFIG_DIR / "arch" / "ltg-bert-tiny.yaml")

@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from cramming.backend.optim.closure import evaluate_closure
+
 
 class Lamb(torch.optim.Optimizer):
     """Layer-wise adaptive Adam; parameters without a gradient are left untouched."""
@@ -25,10 +27,7 @@ class Lamb(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """One LAMB update of every parameter that has a gradient."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for group in self.param_groups:
             lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
             decay = group["weight_decay"]

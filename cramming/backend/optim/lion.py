@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from cramming.backend.optim.closure import evaluate_closure
+
 
 class Lion(torch.optim.Optimizer):
     """Sign-momentum optimizer; parameters without a gradient are left untouched."""
@@ -26,10 +28,7 @@ class Lion(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """One Lion update of every parameter that has a gradient."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for group in self.param_groups:
             lr, (beta1, beta2), decay = group["lr"], group["betas"], group["weight_decay"]
             for p in group["params"]:

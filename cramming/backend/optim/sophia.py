@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from cramming.backend.optim.closure import evaluate_closure
+
 
 class SophiaG(torch.optim.Optimizer):
     """Clipped diagonal-Newton optimizer with a Hessian estimate refreshed every k steps."""
@@ -54,10 +56,7 @@ class SophiaG(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """One clipped Sophia update of every parameter that has a gradient."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for group in self.param_groups:
             lr, beta1, rho = group["lr"], group["betas"][0], group["rho"]
             eps, decay = group["eps"], group["weight_decay"]
