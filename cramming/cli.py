@@ -63,11 +63,15 @@ def launch_pretraining(preset: dict[str, str] | None = None) -> None:
     register_resolvers()
     script = Path(sys.argv[0]).stem
     arguments = sys.argv[1:]
-    for key, value in (preset or {}).items():
-        if not any(arg.lstrip("+~").startswith(f"{key}=") for arg in arguments):
-            arguments.insert(0, f"{key}={value}")
+    additions = [f"{key}={value}" for key, value in (preset or {}).items()
+                 if not any(arg.lstrip("+~").startswith(f"{key}=") for arg in arguments)]
     if not any(arg.startswith("hydra.job.name=") for arg in arguments):
-        arguments.insert(0, f"hydra.job.name={script}")  # log file <script>.log, not cli.log
+        additions.append(f"hydra.job.name={script}")  # log file <script>.log, not cli.log
+    # Hydra reads overrides as one run of positional arguments: join that run (after
+    # flags such as -m), never split it.
+    overrides = [i for i, arg in enumerate(arguments) if "=" in arg and not arg.startswith("-")]
+    at = overrides[0] if overrides else len(arguments)
+    arguments[at:at] = additions
     sys.argv[1:] = arguments
     hydra.main(config_path=str(CONFIG_DIR), config_name="pretrain",
                version_base=None)(pretrain_main)()

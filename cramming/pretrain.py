@@ -128,7 +128,7 @@ def run_pretraining(cfg: PretrainConfig, run_dir: Path,
         return summary
     trainer.save()
     final_model = trainer.model
-    if trainer.sharded:  # gather the shards into a plain model: eval.py loads it like any other
+    if trainer.strategy.shards_parameters:  # gather into a plain model that eval.py loads
         weights = trainer.model_weights()
         if context.is_main:
             final_model = build_model(cfg.arch, vocab_size=len(tokenizer),

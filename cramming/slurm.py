@@ -24,9 +24,17 @@ NOT_SBATCH = {"_target_", "submitit_folder", "max_num_timeout", "array_paralleli
 
 
 def sbatch_script(overrides: list[str], launcher: str = "slurm") -> str:
-    """The sbatch file text for ``pretrain_bert.py`` with ``overrides`` on SLURM."""
+    """The sbatch file text for ``pretrain_bert.py`` with ``overrides`` on SLURM.
+
+    ``hydra/launcher=<name>`` among the overrides (e.g. the plugin's own ``submitit_slurm``)
+    replaces ``launcher``, the bundled preset.
+    """
     from submitit.slurm.slurm import SlurmExecutor, _convert_mem, _make_sbatch_string
 
+    chosen = [arg for arg in overrides if arg.startswith("hydra/launcher=")]
+    if chosen:
+        launcher = chosen[-1].split("=", 1)[1]
+        overrides = [arg for arg in overrides if arg not in chosen]
     register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from cramming.backend.checkpoint import load_model_folder
@@ -18,11 +19,32 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 NO_DROPOUT = ["arch.dropout=0", "arch.attention_dropout=0"]
 
 
-def worker(run_dir: Path, overrides: list[str], processes: int = 1) -> None:
+def worker_command(run_dir: Path, overrides: list[str], processes: int = 1) -> list[str]:
     launcher = [*TORCHRUN, f"--nproc_per_node={processes}"] if processes > 1 else [sys.executable]
-    result = subprocess.run([*launcher, "tests/ddp_worker.py", str(run_dir), *overrides],
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
+    return [*launcher, "tests/ddp_worker.py", str(run_dir), *overrides]
+
+
+def worker(run_dir: Path, overrides: list[str], processes: int = 1,
+           succeed: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(worker_command(run_dir, overrides, processes), cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=900)
+    if succeed:
+        assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def interrupt_after(process: subprocess.Popen, run_dir: Path, steps: int) -> str:
+    """SIGTERM every training process (as SLURM preemption does) once ``steps`` are logged."""
+    deadline = time.time() + 600
+    while time.time() < deadline and len(read_jsonl(run_dir / "metrics.jsonl")) < steps:
+        time.sleep(0.05)
+    workers = psutil.Process(process.pid).children(recursive=True) or [process]
+    for child in workers:
+        child.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-3000:]
+    assert "checkpoint written" in stderr
+    return stderr
 
 
 def losses(run_dir: Path) -> list[float]:
@@ -70,18 +92,55 @@ def test_fsdp_equals_one_process_and_exports_a_plain_model(small_corpus, single_
                                                            tmp_path):
     worker(tmp_path, [*small_corpus, "budget=15", "impl.microbatch_size=4",
                       "impl.distributed=fsdp"], processes=2)
-    assert losses(tmp_path) == pytest.approx(losses(single_process_run), rel=5e-3)
-    sharded, plain = load_model_folder(tmp_path / "model"), load_model_folder(
-        single_process_run / "model")
-    weights, reference = sharded.model.state_dict(), plain.model.state_dict()
+    assert_same_training(tmp_path, single_process_run)
+
+
+def assert_same_training(run_dir: Path, reference_dir: Path) -> None:
+    """Same losses, and a plain exported model (what eval.py loads) with the same weights."""
+    assert losses(run_dir) == pytest.approx(losses(reference_dir), rel=5e-3)
+    exported, plain = load_model_folder(run_dir / "model"), load_model_folder(
+        reference_dir / "model")
+    weights, reference = exported.model.state_dict(), plain.model.state_dict()
     assert {k: v.shape for k, v in weights.items()} == {k: v.shape for k, v in reference.items()}
     for name, value in weights.items():
         # Adam turns float-level gradient differences into +-lr steps on rare tokens,
         # so compare on average rather than element by element.
         assert (value - reference[name]).abs().mean() < 5e-4, name
-    validation = [read_jsonl(d / "validation.jsonl")[-1]["loss"] for d in (tmp_path,
-                                                                            single_process_run)]
+    validation = [read_jsonl(d / "validation.jsonl")[-1]["loss"] for d in (run_dir,
+                                                                            reference_dir)]
     assert validation[0] == pytest.approx(validation[1], rel=2e-3)
+
+
+@pytest.mark.parametrize("zero_config", ["zero2", "zero3_offload"])
+def test_deepspeed_zero_equals_one_process_and_exports_a_plain_model(
+        zero_config, small_corpus, single_process_run, tmp_path):
+    worker(tmp_path, [*small_corpus, "budget=15", "impl.microbatch_size=4",
+                      "impl.distributed=deepspeed", f"impl.deepspeed_config={zero_config}"],
+           processes=2)
+    assert_same_training(tmp_path, single_process_run)
+    assert (tmp_path / "checkpoints" / "step-000000015" / "deepspeed").is_dir()
+
+
+def test_deepspeed_sigterm_then_resume_continues_the_run(small_corpus, single_process_run,
+                                                         tmp_path):
+    common = [*small_corpus, "budget=15", "impl.microbatch_size=4",
+              "impl.distributed=deepspeed", "impl.deepspeed_config=zero2"]
+    process = subprocess.Popen(worker_command(tmp_path, common, processes=2), cwd=REPO_ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    interrupt_after(process, tmp_path, steps=3)
+    stopped_at = len(read_jsonl(tmp_path / "metrics.jsonl"))
+    assert 3 <= stopped_at < 15 and not (tmp_path / "model").exists()
+
+    # ZeRO partitions the optimizer state per process: another world size is refused.
+    refused = worker(tmp_path, [*common, "resume=true", "impl.microbatch_size=8"], succeed=False)
+    assert refused.returncode != 0 and "resume it with 2" in refused.stderr
+
+    worker(tmp_path, [*common, "resume=true"], processes=2)
+    reference = losses(single_process_run)
+    resumed = losses(tmp_path)
+    assert len(resumed) == 15 and resumed[:stopped_at] == pytest.approx(reference[:stopped_at],
+                                                                        rel=5e-3)
+    assert resumed == pytest.approx(reference, rel=5e-3)
 
 
 def test_wall_clock_budget_stops_all_ranks_on_the_same_step(small_corpus, tmp_path):
@@ -102,13 +161,7 @@ def test_sigterm_then_resume_on_two_processes_continues_the_run(engine, small_co
     process = subprocess.Popen([sys.executable, "tests/ddp_worker.py", str(run_dir), *common,
                                 "impl.microbatch_size=8"], cwd=REPO_ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and len(read_jsonl(run_dir / "metrics.jsonl")) < 3:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=300)
-    assert process.returncode == 0, stderr[-3000:]
-    assert "checkpoint written" in stderr
+    interrupt_after(process, run_dir, steps=3)
     stopped_at = len(read_jsonl(run_dir / "metrics.jsonl"))
     assert 3 <= stopped_at < 15 and not (run_dir / "model").exists()
 

@@ -1,9 +1,15 @@
-"""SLURM through Hydra's submitit launcher: composed parameters, sbatch text, rendezvous env."""
+"""Launchers: SLURM via Hydra's submitit plugin (sbatch text, rendezvous), submitit's local
+executor and the basic launcher's multirun sweeps, each through the real CLI."""
 
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 from cramming.backend.distributed import export_slurm_environment
 from cramming.slurm import sbatch_script
+from tests.conftest import REPO_ROOT
 
 
 def test_two_node_submission_has_one_task_per_gpu():
@@ -17,7 +23,8 @@ def test_two_node_submission_has_one_task_per_gpu():
 
 def test_slurm_tasks_become_torch_distributed_ranks(monkeypatch):
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(key, raising=False)
+        monkeypatch.setenv(key, "")  # recorded, so the values set below are undone after
+        monkeypatch.delenv(key)
     monkeypatch.setenv("SLURM_PROCID", "5")
     monkeypatch.setenv("SLURM_NTASKS", "8")
     monkeypatch.setenv("SLURM_LOCALID", "1")
@@ -29,3 +36,43 @@ def test_slurm_tasks_become_torch_distributed_ranks(monkeypatch):
         ("5", "8", "1")
     assert os.environ["MASTER_ADDR"] == "gpu17"
     assert os.environ["MASTER_PORT"] == str(20000 + 4242)
+
+
+def test_plugin_launcher_name_from_the_issue_composes_too():
+    script = sbatch_script(["hydra/launcher=submitit_slurm", "hydra.launcher.nodes=2",
+                            "hydra.launcher.tasks_per_node=2"])
+    assert "#SBATCH --nodes=2" in script and "#SBATCH --ntasks-per-node=2" in script
+
+
+def run_sweep(*overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "pretrain_bert.py", "-m", *overrides], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+def summaries(base_dir: Path, name: str) -> list[dict]:
+    return [json.loads(path.read_text())
+            for path in sorted((base_dir / name / "pretrain").glob("*/summary.json"))]
+
+
+def test_multirun_sweep_on_the_basic_launcher(tiny_overrides, tmp_path):
+    result = run_sweep(*tiny_overrides, "name=sweep", "budget=2", f"base_dir={tmp_path}",
+                       "train/optim=adamw,lion", "seed=0,1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = summaries(tmp_path, "sweep")
+    assert sorted((r["optimizer"], r["seed"]) for r in runs) == [
+        ("adamw", 0), ("adamw", 1), ("lion", 0), ("lion", 1)]
+    assert all(r["steps"] == 2 and "val_loss" in r for r in runs)
+
+
+def test_submitit_local_executor_runs_a_two_task_job(tiny_overrides, tmp_path):
+    """The submitit launcher itself (local executor): two tasks rendezvous as two ranks."""
+    result = run_sweep("hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2",
+                       *tiny_overrides, "name=local", "budget=3", "impl.microbatch_size=4",
+                       f"base_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = summaries(tmp_path, "local")
+    assert run["steps"] == 3 and run["tokens"] == 3 * 16 * 64  # global batch of 16 rows
+    logs = "".join(p.read_text() for p in (tmp_path / ".submitit").glob("*/*_log.*"))
+    assert "Process 0 of 2" in logs and "Process 1 of 2" in logs
+    results = sorted((tmp_path / ".submitit").glob("*/*_result.pkl"))
+    assert len(results) == 2

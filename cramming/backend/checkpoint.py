@@ -67,10 +67,20 @@ def atomic_write_text(path: Path, text: str) -> None:
     _fsync_dir(path.parent)
 
 
-def atomic_folder(target: Path, fill: Callable[[Path], None]) -> Path:
-    """Create folder ``target`` atomically: ``fill`` writes into a temp folder first."""
+def staging_folder(target: Path) -> Path:
+    """A fresh hidden sibling of ``target`` to fill before :func:`atomic_folder` renames it."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    return Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+
+
+def atomic_folder(target: Path, fill: Callable[[Path], None],
+                  staging: Path | None = None) -> Path:
+    """Create folder ``target`` atomically: ``fill`` writes into a temp folder first.
+
+    ``staging`` is a folder from :func:`staging_folder` that others (every rank of a
+    sharded backend) have already written into; it is completed, then renamed.
+    """
+    tmp = staging if staging is not None else staging_folder(target)
     try:
         fill(tmp)
         _fsync_tree(tmp)
@@ -129,9 +139,17 @@ def load_weights(model: torch.nn.Module, file: Path) -> None:
 # --------------------------------------------------------------------------- training state
 
 
+def new_checkpoint_staging(run_dir: Path) -> Path:
+    """A staging folder for a checkpoint that several ranks write into before it is saved."""
+    return staging_folder(Path(run_dir) / "checkpoints" / "step")
+
+
 def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module | dict,
-                    state: dict[str, Any], keep: int = 2) -> Path:
-    """Write ``checkpoints/step-N`` atomically, point LATEST at it, prune old ones."""
+                    state: dict[str, Any], keep: int = 2, staging: Path | None = None) -> Path:
+    """Write ``checkpoints/step-N`` atomically, point LATEST at it, prune old ones.
+
+    ``staging``: a :func:`new_checkpoint_staging` folder already holding backend shards.
+    """
     root = Path(run_dir) / "checkpoints"
     target = root / f"step-{step:09d}"
 
@@ -139,7 +157,7 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module | dict,
         save_file(_state_dict_for_saving(model), str(folder / MODEL_WEIGHTS))
         torch.save(state, folder / TRAINING_STATE)
 
-    atomic_folder(target, fill)
+    atomic_folder(target, fill, staging)
     atomic_write_text(root / LATEST, target.name)
     complete = sorted(p for p in root.glob("step-*") if p.is_dir())
     for old in complete[: max(len(complete) - keep, 0)]:

@@ -1,8 +1,9 @@
 """Data-parallel plumbing on torch.distributed: process group, sharding, rank-0 decisions.
 
 Processes come from a real launcher — ``torchrun`` (env ``RANK``/``WORLD_SIZE``/
-``LOCAL_RANK``) or SLURM via Hydra's submitit launcher (``SLURM_PROCID``/``SLURM_NTASKS``)
-— never from this code. One process without either is plain single-device training.
+``LOCAL_RANK``), SLURM via Hydra's submitit launcher (``SLURM_PROCID``/``SLURM_NTASKS``) or
+submitit's local executor (``SUBMITIT_LOCAL_*``) — never from this code. One process
+without any of them is plain single-device training.
 """
 
 from __future__ import annotations
@@ -78,9 +79,23 @@ def export_slurm_environment() -> None:
     os.environ.setdefault("MASTER_PORT", str(20000 + job_id % 20000))
 
 
+def export_submitit_local_environment() -> None:
+    """The same for submitit's local executor (``hydra/launcher=submitit_local``), which
+    starts ``tasks_per_node`` processes on this machine."""
+    if "RANK" in os.environ or int(os.environ.get("SUBMITIT_LOCAL_NTASKS", "1")) <= 1:
+        return
+    os.environ["RANK"] = os.environ["SUBMITIT_LOCAL_GLOBALID"]
+    os.environ["WORLD_SIZE"] = os.environ["SUBMITIT_LOCAL_NTASKS"]
+    os.environ["LOCAL_RANK"] = os.environ["SUBMITIT_LOCAL_LOCALID"]
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    job_id = int(os.environ.get("SUBMITIT_LOCAL_JOB_ID", "0"))  # the tasks' parent pid
+    os.environ.setdefault("MASTER_PORT", str(20000 + job_id % 20000))
+
+
 def init_distributed(device_type: str) -> DistributedContext:
     """Join the process group the launcher set up (nccl on CUDA, gloo on CPU)."""
     export_slurm_environment()
+    export_submitit_local_environment()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistributedContext()

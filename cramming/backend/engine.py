@@ -20,29 +20,18 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cramming.backend.checkpoint import (
-    MODEL_WEIGHTS,
     latest_checkpoint,
     load_checkpoint,
-    read_weights,
+    new_checkpoint_staging,
     save_checkpoint,
 )
 from cramming.backend.clock import Work, active_layers, build_clock
-from cramming.backend.distributed import (
-    DistributedContext,
-    agree_on_step,
-    full_model_state,
-    full_optimizer_state,
-    load_full_model_state,
-    load_full_optimizer_state,
-    mean_across_ranks,
-    no_sync_unless,
-    shard_model,
-)
+from cramming.backend.distributed import DistributedContext, agree_on_step, mean_across_ranks
 from cramming.backend.hooks import TrainingHook
 from cramming.backend.metrics import MetricsLogger
-from cramming.backend.optimizers import build_optimizer
 from cramming.backend.runtime import Runtime, rng_state, set_rng_state
 from cramming.backend.schedules import batch_size_at, lr_factor
+from cramming.backend.strategy import Strategy, build_strategy
 from cramming.config.schema import PretrainConfig
 from cramming.data import PackedDataset
 from cramming.errors import CheckpointError, ConfigError, TrainingError
@@ -115,21 +104,10 @@ class Trainer:
                 f"train.batch_size={cfg.train.batch_size} must be a multiple of "
                 f"impl.microbatch_size x processes = {cfg.impl.microbatch_size} x "
                 f"{self.context.world_size}.")
-        self.model = model.to(runtime.device)
-        self.sharded = self.context.enabled and cfg.impl.distributed == "fsdp"
-        if self.sharded:
-            shard_model(self.model)
-        self.forward_model = torch.compile(self.model, mode=cfg.impl.compile_mode) \
-            if cfg.impl.compile else self.model
-        if self.context.enabled and not self.sharded:
-            device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-            self.forward_model = nn.parallel.DistributedDataParallel(self.forward_model,
-                                                                     device_ids=device_ids)
+        self.strategy: Strategy = build_strategy(cfg, model, runtime, self.context)
+        self.model, self.forward_model = self.strategy.model, self.strategy.forward_model
         self.train_data, self.objective = train_data, objective
         self.hooks, self.logger = hooks, logger
-        self.optimizer = build_optimizer(self.model, cfg.train.optim, runtime.device)
-        self.scaler = torch.amp.GradScaler(runtime.device.type,
-                                           enabled=runtime.needs_grad_scaler)
         self.clock = build_clock(cfg.budget_kind, cfg.budget, cfg, self.model)
         self.sampler = EpochSampler(len(train_data), cfg.seed)
         self.step = 0
@@ -144,8 +122,7 @@ class Trainer:
         """Everything a resume needs; collective under DDP (RNG streams of every rank)."""
         return {
             "step": self.step, "microbatches": self.microbatches, "tokens": self.tokens,
-            "optimizer": full_optimizer_state(self.model, self.optimizer),
-            "scaler": self.scaler.state_dict(),
+            **self.strategy.state_dict(),  # optimizer (and loss scaler)
             "clock": self.clock.state_dict(), "sampler": self.sampler.state_dict(),
             "rng": self.context.gather_objects(rng_state()),
             "world_size": self.context.world_size,
@@ -155,8 +132,7 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         self.step, self.microbatches = state["step"], state["microbatches"]
         self.tokens = state["tokens"]
-        load_full_optimizer_state(self.model, self.optimizer, state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
+        self.strategy.load_state_dict(state)
         self.clock.load_state_dict(state["clock"])
         self.sampler.load_state_dict(state["sampler"])
         saved_world = state.get("world_size", 1)
@@ -170,31 +146,41 @@ class Trainer:
         for hook, hook_state in zip(self.hooks, state["hooks"]):
             hook.load_state_dict(hook_state)
 
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.strategy.optimizer
+
     def save(self) -> Path:
-        """Checkpoint (written by rank 0; all ranks wait until it is complete)."""
+        """Checkpoint (written by rank 0, plus each rank's shards on backends that have
+        them); all ranks wait until it is complete."""
         state = self.state_dict()
         weights = self.model_weights()
+        staging = None
+        if self.strategy.writes_shards:
+            staging = self.context.broadcast_object(
+                str(new_checkpoint_staging(self.run_dir)) if self.context.is_main else None)
+            self.strategy.save_shards(Path(staging))
+            self.context.barrier()
         folder = self.run_dir / "checkpoints"
         if self.context.is_main:
             folder = save_checkpoint(self.run_dir, self.step, weights, state,
-                                     keep=self.cfg.train.keep_checkpoints)
+                                     keep=self.cfg.train.keep_checkpoints,
+                                     staging=None if staging is None else Path(staging))
         self.context.barrier()
         return folder
 
     def model_weights(self) -> dict[str, torch.Tensor]:
-        """Consolidated weights (collective under FSDP; the same on every backend)."""
-        return full_model_state(self.model, self.sharded)
+        """Consolidated weights (collective when sharded; the same on every backend)."""
+        return self.strategy.model_weights()
 
     def resume(self) -> bool:
         """Continue from the run folder's newest checkpoint; False when there is none."""
         folder = latest_checkpoint(self.run_dir)
         if folder is None:
             return False
-        if self.sharded:
-            state = load_checkpoint(folder, None)
-            load_full_model_state(self.model, read_weights(folder / MODEL_WEIGHTS), True)
-        else:
-            state = load_checkpoint(folder, self.model)
+        state = load_checkpoint(folder, None)
+        self.strategy.check_resume(state.get("world_size", 1), self.context.world_size)
+        self.strategy.load_weights(folder)
         try:
             self.load_state_dict(state)
         except (KeyError, ValueError, TypeError) as error:
@@ -232,25 +218,25 @@ class Trainer:
             hook.before_step(self)
         lr = train.optim.lr * lr_factor(progress, train)
         lr *= math.prod(hook.lr_scale(self, progress) for hook in self.hooks)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        self.strategy.set_lr(lr)
         batch_size = batch_size_at(progress, train, micro * world)
         accumulation = max(batch_size // (micro * world), 1)
         device = self.runtime.device
         self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.strategy.zero_grad()
         loss_sum = torch.zeros((), device=device)
         kind_sums: dict[str, list] = {}
-        wall_clock = self.cfg.budget_kind == "hours" and not self.context.enabled
+        wall_clock = (self.cfg.budget_kind == "hours" and not self.context.enabled
+                      and self.strategy.can_stop_mid_step)
         for index in range(accumulation):
             batch = self._microbatch(micro, progress)
-            with no_sync_unless(index == accumulation - 1, self.forward_model):
+            with self.strategy.microbatch_context(index == accumulation - 1):
                 with self.runtime.autocast():
                     outputs = self.forward_model(
                         batch.input_ids.to(device, non_blocking=True),
                         labels=batch.labels.to(device, non_blocking=True), **batch.model_kwargs)
                     loss = outputs["loss"] * (batch.loss_weight / accumulation)
-                self.scaler.scale(loss).backward()
+                self.strategy.backward(loss)
             loss_sum += loss.detach()
             kind_sum = kind_sums.setdefault(batch.kind, [torch.zeros((), device=device), 0])
             kind_sum[0] += outputs["loss"].detach()
@@ -267,9 +253,7 @@ class Trainer:
             if wall_clock and done < accumulation and self.clock.exhausted():
                 break
         if done < accumulation:  # finish with the mean gradient of what was computed
-            for param in self.model.parameters():
-                if param.grad is not None:
-                    param.grad.mul_(accumulation / done)
+            self.strategy.rescale_gradients(accumulation / done)
             loss_sum *= accumulation / done
         step_loss = mean_across_ranks(loss_sum, self.context).item()
         if not math.isfinite(step_loss):
@@ -277,12 +261,7 @@ class Trainer:
                 f"Loss became {step_loss} at step {self.step + 1} (lr {lr:.3g}). Training stopped; "
                 f"the last good checkpoint in {self.run_dir / 'checkpoints'} is kept. Lower "
                 f"train.optim.lr, set train.gradient_clipping, or use impl.precision=fp32.")
-        self.scaler.unscale_(self.optimizer)
-        grad_norm = None
-        if train.gradient_clipping:
-            grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), train.gradient_clipping)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        grad_norm = self.strategy.apply_gradients(train.gradient_clipping)
         self.clock.charge_step()
         self.step += 1
         record = {"step": self.step, "loss": step_loss, "lr": lr, "batch_size": batch_size,

@@ -64,8 +64,36 @@ def check_pretrain_config(cfg: PretrainConfig) -> None:
     if impl.distributed == "fsdp":
         _require(not train.ema_decay, "train.ema_decay is not supported with "
                  "impl.distributed=fsdp yet; use impl.distributed=ddp.")
+    if impl.distributed == "deepspeed":
+        check_deepspeed_options(cfg)
     check_lm_options(cfg)
     check_method_options(cfg)
+
+
+def check_deepspeed_options(cfg: PretrainConfig) -> None:
+    """DeepSpeed installed, its config file sound, and nothing asked that it cannot do."""
+    from cramming.config.deepspeed_config import (
+        read_deepspeed_config,
+        require_deepspeed,
+        zero_stage,
+    )
+
+    require_deepspeed()
+    ds_config = read_deepspeed_config(cfg.impl.deepspeed_config)
+    _require(cfg.impl.precision != "fp16",
+             "impl.precision=fp16 is not supported with impl.distributed=deepspeed (the "
+             "engine keeps fp32 master weights under autocast); use impl.precision=bf16.")
+    method = cfg.method
+    uses_method = (method.stacking.enabled or method.layer_drop.enabled
+                   or method.selection != "none" or cfg.train.optim.name == "sophiag")
+    _require(not uses_method,
+             "The efficient-training methods (method.*, train/optim=sophiag) change the model "
+             "or read its gradients between steps, which DeepSpeed owns: use "
+             "impl.distributed=ddp (or one process) for them.")
+    if zero_stage(ds_config) == 3:
+        _require(not cfg.train.ema_decay,
+                 "train.ema_decay needs whole parameters; ZeRO stage 3 partitions them. Use "
+                 "impl.deepspeed_config=zero2 (or zero1) with EMA.")
 
 
 # Model types whose forward takes ``causal=`` (and ``document_ids=`` / ``z_loss=``).

@@ -28,7 +28,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.optim.name": ("adamw", "adam", "lion", "sophiag", "lamb"),
     "impl.device": ("auto", "cpu", "cuda", "mps"),
     "impl.precision": ("auto", "fp32", "bf16", "fp16"),
-    "impl.distributed": ("ddp", "fsdp"),
+    "impl.distributed": ("ddp", "fsdp", "deepspeed"),
     "wandb.mode": ("offline", "online", "disabled"),
     "method.selection": ("none", "selective_backprop", "rho_loss"),
     "method.stacking.growth": ("double", "add"),
@@ -168,8 +168,10 @@ class ImplConfig:
     threads: int | None = None
     deterministic: bool = False
     progress_bar: bool = True
-    # Data-parallel engine under torchrun/SLURM: ddp (replicated) | fsdp (FSDP2 fully_shard)
+    # Parallel backend: ddp (replicated) | fsdp (FSDP2 fully_shard) under torchrun/SLURM;
+    # deepspeed (ZeRO, also on one process) with the ZeRO settings of deepspeed_config.
     distributed: str = "ddp"
+    deepspeed_config: str = "zero2"  # bundled name (zero1, zero2, zero3, *_offload) or a path
 
 
 @dataclass

@@ -1,0 +1,180 @@
+"""DeepSpeed backend: the DeepSpeed engine (ZeRO stage 0-3, CPU offload) behind the trainer.
+
+The budget-aware schedules, batch-size ramp and stop decisions stay in the trainer, so a
+DeepSpeed run follows the same schedule as a DDP run: the engine's accumulation boundary is
+set per microbatch, the learning rate per step, and precision is torch autocast over fp32
+master weights. Checkpoints hold DeepSpeed's own (per-rank) files for an exact resume next
+to the consolidated ``model.safetensors`` that ``eval.py`` loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from cramming.backend.distributed import DistributedContext
+from cramming.backend.optimizers import build_optimizer, parameter_groups
+from cramming.backend.runtime import Runtime
+from cramming.backend.strategy import Strategy
+from cramming.config.deepspeed_config import (
+    offload_device,
+    read_deepspeed_config,
+    require_deepspeed,
+    zero_stage,
+)
+from cramming.config.schema import PretrainConfig
+from cramming.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+SHARDS_FOLDER = "deepspeed"
+SHARDS_TAG = "state"
+
+
+def _import_deepspeed():
+    require_deepspeed()
+    os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
+    import deepspeed
+
+    return deepspeed
+
+
+def _join_single_process_group(device_type: str) -> None:
+    """DeepSpeed needs a process group even on one process; an in-memory one needs no port."""
+    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+        os.environ.setdefault(key, value)  # DeepSpeed reads these, as set by torchrun
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo",
+                                store=dist.HashStore(), rank=0, world_size=1)
+
+
+def engine_config(cfg: PretrainConfig, world_size: int) -> dict:
+    """The user's DeepSpeed file plus what the cramming config decides."""
+    config = read_deepspeed_config(cfg.impl.deepspeed_config)
+    micro = cfg.impl.microbatch_size
+    config.update(
+        # The trainer sets the accumulation boundary itself (the batch size ramps), so the
+        # engine sees one microbatch per "batch"; gradients are averaged over ranks.
+        train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=1,
+        train_batch_size=micro * world_size,
+        gradient_clipping=float(cfg.train.gradient_clipping or 0.0),
+        zero_allow_untested_optimizer=True)
+    config.setdefault("steps_per_print", 10**9)
+    return config
+
+
+class DeepSpeedStrategy(Strategy):
+    """Forward, backward and optimizer step through ``deepspeed.initialize``'s engine."""
+
+    can_stop_mid_step = False  # the accumulation boundary is declared before the backward
+    writes_shards = True
+
+    def __init__(self, cfg: PretrainConfig, model: nn.Module, runtime: Runtime,
+                 context: DistributedContext):
+        deepspeed = _import_deepspeed()
+        from deepspeed.accelerator import get_accelerator
+
+        accelerator = get_accelerator().device_name()
+        if accelerator != runtime.device.type:
+            raise ConfigError(
+                f"DeepSpeed's accelerator is {accelerator!r} but the run uses "
+                f"impl.device={runtime.device.type}. DeepSpeed supports cuda and cpu: set "
+                f"DS_ACCELERATOR={runtime.device.type} or choose impl.device={accelerator}.")
+        if not context.enabled:
+            _join_single_process_group(runtime.device.type)
+        self.config = engine_config(cfg, context.world_size)
+        self.stage = zero_stage(self.config)
+        model = model.to(runtime.device)
+        optimizer = self._client_optimizer(model, cfg, runtime)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=self.config, dist_init_required=False)
+        if cfg.impl.compile:
+            self.engine.compile()
+        self.model = self.engine.module
+        self.forward_model = self.engine
+        self.shards_parameters = self.stage == 3
+        self.world_size = context.world_size
+        log.info("DeepSpeed %s: ZeRO stage %d, optimizer offload %s, %s", deepspeed.__version__,
+                 self.stage, offload_device(self.config), type(self.optimizer).__name__)
+
+    def _client_optimizer(self, model: nn.Module, cfg: PretrainConfig,
+                          runtime: Runtime) -> torch.optim.Optimizer:
+        """The run's optimizer; Adam(W) becomes DeepSpeedCPUAdam when it is offloaded."""
+        optim = cfg.train.optim
+        if offload_device(self.config) == "none":
+            return build_optimizer(model, optim, runtime.device)
+        if optim.name in ("adam", "adamw"):
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            return DeepSpeedCPUAdam(parameter_groups(model, optim.weight_decay), lr=optim.lr,
+                                    betas=tuple(optim.betas), eps=optim.eps,
+                                    adamw_mode=optim.name == "adamw")
+        # DeepSpeed prefers its own CPU optimizers under offload; ours run on the CPU too.
+        self.config["zero_force_ds_cpu_optimizer"] = False
+        return build_optimizer(model, optim, torch.device("cpu"))
+
+    def zero_grad(self) -> None:
+        self.engine.zero_grad()
+
+    def microbatch_context(self, last: bool):
+        self.engine.set_gradient_accumulation_boundary(last)
+        return super().microbatch_context(last)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss, scale_wrt_gas=False)
+
+    def rescale_gradients(self, factor: float) -> None:
+        raise RuntimeError("DeepSpeed steps always finish their microbatches.")
+
+    def apply_gradients(self, clip_norm: float | None) -> float | None:
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm() if clip_norm else None
+        return None if norm is None else float(norm)
+
+    def state_dict(self) -> dict:
+        return {"optimizer": None, "deepspeed_zero_stage": self.stage}  # in the shard files
+
+    def load_state_dict(self, state: dict) -> None:
+        """Everything was restored with the weights (:meth:`load_weights`)."""
+
+    def model_weights(self) -> dict[str, torch.Tensor]:
+        if self.stage < 3:
+            return self.model.state_dict()
+        import deepspeed
+
+        # Collective: every rank gathers the partitions; tied tensors stay tied.
+        with deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=None):
+            copies: dict[int, torch.Tensor] = {}
+            return {name: copies.setdefault(value.data_ptr(), value.detach().cpu().clone())
+                    for name, value in self.model.state_dict().items()}
+
+    def save_shards(self, folder: Path) -> None:
+        self.engine.save_checkpoint(str(folder / SHARDS_FOLDER), tag=SHARDS_TAG,
+                                    save_latest=False)
+
+    def check_resume(self, saved_world_size: int, world_size: int) -> None:
+        if saved_world_size != world_size and self.stage > 0:
+            raise CheckpointError(
+                f"This DeepSpeed checkpoint partitions the optimizer state over "
+                f"{saved_world_size} process(es) (ZeRO stage {self.stage}); resume it with "
+                f"{saved_world_size} (torchrun --nproc_per_node={saved_world_size} ...). "
+                f"DeepSpeed's universal-checkpoint converter (python -m "
+                f"deepspeed.checkpoint.ds_to_universal) can re-partition it, which cramming does "
+                f"not drive yet; or start a new run from this checkpoint's model.safetensors.")
+
+    def load_weights(self, folder: Path) -> None:
+        shards = folder / SHARDS_FOLDER
+        if not (shards / SHARDS_TAG).is_dir():
+            raise CheckpointError(
+                f"{folder} has no DeepSpeed state ({shards / SHARDS_TAG}): it was written by "
+                f"another backend. Resume it with that backend (impl.distributed=ddp/fsdp).")
+        loaded, _ = self.engine.load_checkpoint(
+            str(shards), tag=SHARDS_TAG, load_optimizer_states=True,
+            load_lr_scheduler_states=False)
+        if loaded is None:
+            raise CheckpointError(f"DeepSpeed could not load its state from {shards}.")

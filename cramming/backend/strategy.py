@@ -1,0 +1,156 @@
+"""How a step's gradients are computed, reduced and applied: the engine's parallel backend.
+
+:class:`TorchStrategy` covers one process, DDP and FSDP2; :class:`DeepSpeedStrategy`
+(:mod:`cramming.backend.deepspeed_engine`) wraps the DeepSpeed engine. The trainer only
+talks to this interface, so schedules, budgets, hooks and checkpoints are shared by all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cramming.backend.checkpoint import MODEL_WEIGHTS, load_weights, read_weights
+from cramming.backend.distributed import (
+    DistributedContext,
+    full_model_state,
+    full_optimizer_state,
+    load_full_model_state,
+    load_full_optimizer_state,
+    no_sync_unless,
+    shard_model,
+)
+from cramming.backend.optimizers import build_optimizer
+from cramming.backend.runtime import Runtime
+from cramming.config.schema import PretrainConfig
+from cramming.errors import CheckpointError
+
+
+class Strategy:
+    """The interface the trainer drives, once per microbatch and once per step."""
+
+    model: nn.Module  # the bare model (hooks and the budget clock look at its layers)
+    forward_model: nn.Module  # what the trainer calls forward on (wrapped, compiled)
+    optimizer: torch.optim.Optimizer
+    shards_parameters: bool = False  # parameters live in shards: gather to export
+    can_stop_mid_step: bool = True  # a step may end after fewer microbatches than planned
+    writes_shards: bool = False  # every rank writes files of its own into a checkpoint
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def zero_grad(self) -> None:
+        raise NotImplementedError
+
+    def microbatch_context(self, last: bool) -> contextlib.AbstractContextManager:
+        """Wraps forward and backward of one microbatch (``last`` in its step or not)."""
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def rescale_gradients(self, factor: float) -> None:
+        raise NotImplementedError
+
+    def apply_gradients(self, clip_norm: float | None) -> float | None:
+        """Clip (when ``clip_norm``) and take the optimizer step; returns the grad norm."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """Optimizer (and loss-scaler) state for a checkpoint; collective when sharded."""
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict) -> None:
+        raise NotImplementedError
+
+    def model_weights(self) -> dict[str, torch.Tensor]:
+        """Consolidated weights, the same on every backend (collective when sharded)."""
+        raise NotImplementedError
+
+    def load_weights(self, folder: Path) -> None:
+        """Weights from checkpoint folder ``folder`` into the (possibly sharded) model."""
+        raise NotImplementedError
+
+    def save_shards(self, folder: Path) -> None:
+        """Collective: every rank writes its own files into ``folder`` (when writes_shards)."""
+
+    def check_resume(self, saved_world_size: int, world_size: int) -> None:
+        """Raise CheckpointError when a checkpoint cannot continue at this world size."""
+
+
+class TorchStrategy(Strategy):
+    """Plain PyTorch: one process, DDP (replicated) or FSDP2 (``fully_shard``)."""
+
+    def __init__(self, cfg: PretrainConfig, model: nn.Module, runtime: Runtime,
+                 context: DistributedContext):
+        self.model = model.to(runtime.device)
+        self.shards_parameters = context.enabled and cfg.impl.distributed == "fsdp"
+        if self.shards_parameters:
+            shard_model(self.model)
+        self.forward_model = torch.compile(self.model, mode=cfg.impl.compile_mode) \
+            if cfg.impl.compile else self.model
+        if context.enabled and not self.shards_parameters:
+            device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+            self.forward_model = nn.parallel.DistributedDataParallel(self.forward_model,
+                                                                     device_ids=device_ids)
+        self.optimizer = build_optimizer(self.model, cfg.train.optim, runtime.device)
+        self.scaler = torch.amp.GradScaler(runtime.device.type,
+                                           enabled=runtime.needs_grad_scaler)
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def microbatch_context(self, last: bool) -> contextlib.AbstractContextManager:
+        return no_sync_unless(last, self.forward_model)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.scaler.scale(loss).backward()
+
+    def rescale_gradients(self, factor: float) -> None:
+        for param in self.model.parameters():
+            if param.grad is not None:
+                param.grad.mul_(factor)
+
+    def apply_gradients(self, clip_norm: float | None) -> float | None:
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = None
+        if clip_norm:
+            grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), clip_norm))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return grad_norm
+
+    def state_dict(self) -> dict:
+        return {"optimizer": full_optimizer_state(self.model, self.optimizer),
+                "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("optimizer") is None:
+            raise CheckpointError("This checkpoint was written by the DeepSpeed backend (its "
+                                  "optimizer state is in DeepSpeed's files): resume it with "
+                                  "impl.distributed=deepspeed.")
+        load_full_optimizer_state(self.model, self.optimizer, state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+
+    def model_weights(self) -> dict[str, torch.Tensor]:
+        return full_model_state(self.model, self.shards_parameters)
+
+    def load_weights(self, folder: Path) -> None:
+        if self.shards_parameters:
+            load_full_model_state(self.model, read_weights(folder / MODEL_WEIGHTS), True)
+        else:
+            load_weights(self.model, folder / MODEL_WEIGHTS)
+
+
+def build_strategy(cfg: PretrainConfig, model: nn.Module, runtime: Runtime,
+                   context: DistributedContext) -> Strategy:
+    """The backend ``cfg.impl.distributed`` names (DeepSpeed also runs on one process)."""
+    if cfg.impl.distributed == "deepspeed":
+        from cramming.backend.deepspeed_engine import DeepSpeedStrategy
+
+        return DeepSpeedStrategy(cfg, model, runtime, context)
+    return TorchStrategy(cfg, model, runtime, context)
