@@ -76,3 +76,22 @@ def test_submitit_local_executor_runs_a_two_task_job(tiny_overrides, tmp_path):
     assert "Process 0 of 2" in logs and "Process 1 of 2" in logs
     results = sorted((tmp_path / ".submitit").glob("*/*_result.pkl"))
     assert len(results) == 2
+
+
+def test_preempted_job_is_requeued_and_resumes_in_its_own_folder(tiny_overrides, tmp_path):
+    """submitit's pre-timeout signal (USR2, 30 s before a 1-minute limit) interrupts the run;
+    it checkpoints, submitit requeues it, and the requeued job resumes in the same folder."""
+    budget_seconds = 32.4  # more training than fits before the signal, less than two windows
+    result = run_sweep("hydra/launcher=submitit_local", "hydra.launcher.timeout_min=1",
+                       *tiny_overrides, "name=preempt", "budget_kind=hours",
+                       f"budget={budget_seconds / 3600}", "resume=auto",
+                       "train.validate_at_end=false", f"base_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    logs = "".join(p.read_text() for p in (tmp_path / ".submitit").glob("*/*_log.*"))
+    assert "Requeued job" in logs and "Resumed from" in logs
+    (run_dir,) = (tmp_path / "preempt" / "pretrain").iterdir()
+    (run,) = summaries(tmp_path, "preempt")
+    assert (run_dir / "model" / "model.safetensors").is_file()
+    assert run["budget_spent"] >= budget_seconds / 3600
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").open()]
+    assert steps == list(range(1, run["steps"] + 1))  # one continuous run, no step twice

@@ -47,12 +47,33 @@ def run_dir(base_dir: str, name: str, job: str, resume: object = False) -> str:
     return str(root / stamp)
 
 
+def sweep_subdir(base_dir: str, name: str, job: str, num: object,
+                 resume: object = False) -> str:
+    """Folder of sweep job ``num`` under ``hydra.sweep.dir``: ``<name>/<job>/<stamp>_job<num>``.
+
+    With ``resume`` true or ``auto``, the newest existing folder of that job number is
+    reused: a SLURM job requeued after preemption (submitit re-runs the same job number)
+    continues its checkpoint instead of starting over in a new folder.
+    """
+    relative = Path(name) / job
+    if _is_true(resume) or str(resume).lower() == "auto":
+        root = Path(base_dir).expanduser().resolve() / relative
+        previous = sorted(p for p in root.glob(f"*_job{num}") if p.is_dir()) \
+            if root.is_dir() else []
+        if previous:
+            return str(relative / previous[-1].name)
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    return str(relative / f"{stamp}_job{num}")
+
+
 def register_resolvers() -> None:
     """Register the OmegaConf resolvers our YAML files use (idempotent)."""
     if not OmegaConf.has_resolver("package_path"):
         OmegaConf.register_new_resolver("package_path", package_path)
     if not OmegaConf.has_resolver("cramming_run_dir"):
         OmegaConf.register_new_resolver("cramming_run_dir", run_dir, use_cache=True)
+    if not OmegaConf.has_resolver("cramming_sweep_subdir"):
+        OmegaConf.register_new_resolver("cramming_sweep_subdir", sweep_subdir, use_cache=True)
 
 
 def _allowed_keys(schema_node: object) -> str:
