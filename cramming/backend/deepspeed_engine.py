@@ -9,6 +9,7 @@ to the consolidated ``model.safetensors`` that ``eval.py`` loads.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from cramming.backend.checkpoint import atomic_folder
 from cramming.backend.distributed import DistributedContext
 from cramming.backend.optimizers import build_optimizer, parameter_groups
 from cramming.backend.runtime import Runtime
@@ -98,7 +100,7 @@ class DeepSpeedStrategy(Strategy):
         self.model = self.engine.module
         self.forward_model = self.engine
         self.shards_parameters = self.stage == 3
-        self.world_size = context.world_size
+        self.context = context
         log.info("DeepSpeed %s: ZeRO stage %d, optimizer offload %s, %s", deepspeed.__version__,
                  self.stage, offload_device(self.config), type(self.optimizer).__name__)
 
@@ -157,24 +159,48 @@ class DeepSpeedStrategy(Strategy):
         self.engine.save_checkpoint(str(folder / SHARDS_FOLDER), tag=SHARDS_TAG,
                                     save_latest=False)
 
-    def check_resume(self, saved_world_size: int, world_size: int) -> None:
-        if saved_world_size != world_size and self.stage > 0:
-            raise CheckpointError(
-                f"This DeepSpeed checkpoint partitions the optimizer state over "
-                f"{saved_world_size} process(es) (ZeRO stage {self.stage}); resume it with "
-                f"{saved_world_size} (torchrun --nproc_per_node={saved_world_size} ...). "
-                f"DeepSpeed's universal-checkpoint converter (python -m "
-                f"deepspeed.checkpoint.ds_to_universal) can re-partition it, which cramming does "
-                f"not drive yet; or start a new run from this checkpoint's model.safetensors.")
-
-    def load_weights(self, folder: Path) -> None:
+    def load_weights(self, folder: Path, saved_world_size: int) -> None:
         shards = folder / SHARDS_FOLDER
         if not (shards / SHARDS_TAG).is_dir():
             raise CheckpointError(
                 f"{folder} has no DeepSpeed state ({shards / SHARDS_TAG}): it was written by "
                 f"another backend. Resume it with that backend (impl.distributed=ddp/fsdp).")
-        loaded, _ = self.engine.load_checkpoint(
-            str(shards), tag=SHARDS_TAG, load_optimizer_states=True,
-            load_lr_scheduler_states=False)
+        reshard = saved_world_size != self.context.world_size and self.stage > 0
+        if reshard:
+            if self.context.is_main:
+                log.warning("DeepSpeed checkpoint written with %d process(es), resumed with "
+                            "%d: its ZeRO partitions are converted to DeepSpeed's universal "
+                            "format and re-partitioned.", saved_world_size,
+                            self.context.world_size)
+            shards = universal_checkpoint(shards, self.context)
+        config = self.engine._config  # DeepSpeed reads this flag when loading, not before
+        config.load_universal_checkpoint, before = reshard, config.load_universal_checkpoint
+        try:
+            loaded, _ = self.engine.load_checkpoint(
+                str(shards), tag=SHARDS_TAG, load_optimizer_states=True,
+                load_lr_scheduler_states=False)
+        finally:
+            config.load_universal_checkpoint = before
         if loaded is None:
             raise CheckpointError(f"DeepSpeed could not load its state from {shards}.")
+
+
+def universal_checkpoint(shards: Path, context: DistributedContext) -> Path:
+    """DeepSpeed's universal (world-size independent) form of ``shards``, made once by
+    rank 0 with ``deepspeed.checkpoint.ds_to_universal`` and kept next to it."""
+    target = shards.with_name(f"{SHARDS_FOLDER}-universal")
+    if context.is_main and not target.is_dir():
+        from deepspeed.checkpoint import ds_to_universal
+
+        def convert(tmp: Path) -> None:
+            # The arguments of ``python -m deepspeed.checkpoint.ds_to_universal``; our
+            # checkpoints lack Megatron's client state, which the converter then injects.
+            namespace = argparse.Namespace(
+                input_folder=str(shards / SHARDS_TAG), output_folder=str(tmp / SHARDS_TAG),
+                num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False,
+                strict=True, inject_missing_state=True)
+            ds_to_universal.main(namespace)
+
+        atomic_folder(target, convert)
+    context.barrier()
+    return target

@@ -179,8 +179,7 @@ class Trainer:
         if folder is None:
             return False
         state = load_checkpoint(folder, None)
-        self.strategy.check_resume(state.get("world_size", 1), self.context.world_size)
-        self.strategy.load_weights(folder)
+        self.strategy.load_weights(folder, state.get("world_size", 1))
         try:
             self.load_state_dict(state)
         except (KeyError, ValueError, TypeError) as error:

@@ -71,15 +71,13 @@ class Strategy:
         """Consolidated weights, the same on every backend (collective when sharded)."""
         raise NotImplementedError
 
-    def load_weights(self, folder: Path) -> None:
-        """Weights from checkpoint folder ``folder`` into the (possibly sharded) model."""
+    def load_weights(self, folder: Path, saved_world_size: int) -> None:
+        """Weights (and backend-held state) from checkpoint ``folder``, written by
+        ``saved_world_size`` processes, into the (possibly sharded) model."""
         raise NotImplementedError
 
     def save_shards(self, folder: Path) -> None:
         """Collective: every rank writes its own files into ``folder`` (when writes_shards)."""
-
-    def check_resume(self, saved_world_size: int, world_size: int) -> None:
-        """Raise CheckpointError when a checkpoint cannot continue at this world size."""
 
 
 class TorchStrategy(Strategy):
@@ -139,7 +137,7 @@ class TorchStrategy(Strategy):
     def model_weights(self) -> dict[str, torch.Tensor]:
         return full_model_state(self.model, self.shards_parameters)
 
-    def load_weights(self, folder: Path) -> None:
+    def load_weights(self, folder: Path, saved_world_size: int) -> None:
         if self.shards_parameters:
             load_full_model_state(self.model, read_weights(folder / MODEL_WEIGHTS), True)
         else:
