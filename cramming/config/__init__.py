@@ -32,6 +32,15 @@ def _is_true(value: object) -> bool:
     return str(value).lower() in ("true", "1", "yes")
 
 
+def _reuse_or_stamp(root: Path, suffix: str, resume: object) -> str:
+    """Name of the newest ``<stamp><suffix>`` folder in ``root`` when resuming, else a new one."""
+    if (_is_true(resume) or str(resume).lower() == "auto") and root.is_dir():
+        previous = sorted(p for p in root.glob(f"*_*{suffix}") if p.is_dir())
+        if previous:
+            return previous[-1].name
+    return datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S") + suffix
+
+
 def run_dir(base_dir: str, name: str, job: str, resume: object = False) -> str:
     """Folder of a run: ``<base_dir>/<name>/<job>/<date>_<time>``.
 
@@ -39,12 +48,7 @@ def run_dir(base_dir: str, name: str, job: str, resume: object = False) -> str:
     its checkpoints, metrics and logs continue in place.
     """
     root = Path(base_dir).expanduser().resolve() / name / job
-    if _is_true(resume) or str(resume).lower() == "auto":
-        previous = sorted(p for p in root.glob("*_*") if p.is_dir()) if root.is_dir() else []
-        if previous:
-            return str(previous[-1])
-    stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    return str(root / stamp)
+    return str(root / _reuse_or_stamp(root, "", resume))
 
 
 def sweep_subdir(base_dir: str, name: str, job: str, num: object,
@@ -55,15 +59,8 @@ def sweep_subdir(base_dir: str, name: str, job: str, num: object,
     reused: a SLURM job requeued after preemption (submitit re-runs the same job number)
     continues its checkpoint instead of starting over in a new folder.
     """
-    relative = Path(name) / job
-    if _is_true(resume) or str(resume).lower() == "auto":
-        root = Path(base_dir).expanduser().resolve() / relative
-        previous = sorted(p for p in root.glob(f"*_job{num}") if p.is_dir()) \
-            if root.is_dir() else []
-        if previous:
-            return str(relative / previous[-1].name)
-    stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    return str(relative / f"{stamp}_job{num}")
+    root = Path(base_dir).expanduser().resolve() / name / job
+    return str(Path(name) / job / _reuse_or_stamp(root, f"_job{num}", resume))
 
 
 def register_resolvers() -> None:
