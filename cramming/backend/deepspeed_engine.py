@@ -10,6 +10,7 @@ to the consolidated ``model.safetensors`` that ``eval.py`` loads.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -38,9 +39,10 @@ SHARDS_FOLDER = "deepspeed"
 SHARDS_TAG = "state"
 
 
-def _import_deepspeed():
+def _import_deepspeed(device_type: str):
+    """deepspeed, with its accelerator following ``impl.device`` unless DS_ACCELERATOR is set."""
     require_deepspeed()
-    os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
+    os.environ.setdefault("DS_ACCELERATOR", device_type)
     import deepspeed
 
     return deepspeed
@@ -78,15 +80,15 @@ class DeepSpeedStrategy(Strategy):
 
     def __init__(self, cfg: PretrainConfig, model: nn.Module, runtime: Runtime,
                  context: DistributedContext):
-        deepspeed = _import_deepspeed()
+        deepspeed = _import_deepspeed(runtime.device.type)
         from deepspeed.accelerator import get_accelerator
 
         accelerator = get_accelerator().device_name()
         if accelerator != runtime.device.type:
             raise ConfigError(
                 f"DeepSpeed's accelerator is {accelerator!r} but the run uses "
-                f"impl.device={runtime.device.type}. DeepSpeed supports cuda and cpu: set "
-                f"DS_ACCELERATOR={runtime.device.type} or choose impl.device={accelerator}.")
+                f"impl.device={runtime.device.type}. DeepSpeed supports cuda and cpu here: "
+                f"unset DS_ACCELERATOR, or choose impl.device={accelerator}.")
         if not context.enabled:
             _join_single_process_group(runtime.device.type)
         self.config = engine_config(cfg, context.world_size)
@@ -123,7 +125,7 @@ class DeepSpeedStrategy(Strategy):
     def zero_grad(self) -> None:
         self.engine.zero_grad()
 
-    def microbatch_context(self, last: bool):
+    def microbatch_context(self, last: bool) -> contextlib.AbstractContextManager:
         self.engine.set_gradient_accumulation_boundary(last)
         return super().microbatch_context(last)
 
