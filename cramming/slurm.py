@@ -42,8 +42,8 @@ def sbatch_script(overrides: list[str], launcher: str = "slurm") -> str:
                       return_hydra_config=True)
     launcher_cfg = cfg.hydra.launcher
     launcher_cfg.name = "pretrain_bert"
-    folder = str(Path(cfg.base_dir) / cfg.name / ".submitit" / "%j")
     params = OmegaConf.to_container(launcher_cfg, resolve=True)
+    folder = str(Path(params["submitit_folder"]).absolute())  # as submitit writes it
     # Generic names -> sbatch names, exactly as submitit's SlurmExecutor converts them.
     renames = SlurmExecutor._equivalence_dict()
     sbatch = {renames.get(k, k): v for k, v in params.items() if k not in NOT_SBATCH}

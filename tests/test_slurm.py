@@ -18,7 +18,7 @@ def test_two_node_submission_has_one_task_per_gpu():
     for line in ("--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--partition=gpu",
                  "--signal=USR2@120", "--time=1440", "--mem=64GB"):
         assert f"#SBATCH {line}" in script
-    assert "srun" in script and "big/.submitit" in script
+    assert "srun" in script and "/outputs/.submitit/%j" in script  # hydra.sweep.dir
 
 
 def test_slurm_tasks_become_torch_distributed_ranks(monkeypatch):

@@ -322,8 +322,9 @@ class Trainer:
                     last_save = time.monotonic()
                 if decision.interrupted:
                     self._stop_signal = self._stop_signal or signal.SIGTERM
-                    log.warning("Stop signal: checkpoint written at step %d; continue with "
-                                "resume=true.", self.step)
+                    if self.context.is_main:
+                        log.warning("Stop signal: checkpoint written at step %d; continue "
+                                    "with resume=true.", self.step)
                     break
         finally:
             bar.close()
