@@ -7,6 +7,7 @@ talks to this interface, so schedules, budgets, hooks and checkpoints are shared
 
 from __future__ import annotations
 
+import abc
 import contextlib
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from cramming.config.schema import PretrainConfig
 from cramming.errors import CheckpointError
 
 
-class Strategy:
+class Strategy(abc.ABC):
     """The interface the trainer drives, once per microbatch and once per step."""
 
     model: nn.Module  # the bare model (hooks and the budget clock look at its layers)
@@ -43,41 +44,46 @@ class Strategy:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
+    @abc.abstractmethod
     def zero_grad(self) -> None:
-        raise NotImplementedError
+        """Clear the gradients before a step's first microbatch."""
 
     def microbatch_context(self, last: bool) -> contextlib.AbstractContextManager:
         """Wraps forward and backward of one microbatch (``last`` in its step or not)."""
         return contextlib.nullcontext()
 
+    @abc.abstractmethod
     def backward(self, loss: torch.Tensor) -> None:
-        raise NotImplementedError
+        """Backward of one microbatch's (already accumulation-scaled) loss."""
 
+    @abc.abstractmethod
     def rescale_gradients(self, factor: float) -> None:
-        raise NotImplementedError
+        """Scale the accumulated gradients (a step that ended early, see can_stop_mid_step)."""
 
+    @abc.abstractmethod
     def apply_gradients(self, clip_norm: float | None) -> float | None:
         """Clip (when ``clip_norm``) and take the optimizer step; returns the grad norm."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def state_dict(self) -> dict:
         """Optimizer (and loss-scaler) state for a checkpoint; collective when sharded."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def load_state_dict(self, state: dict) -> None:
-        raise NotImplementedError
+        """Restore what :meth:`state_dict` saved."""
 
+    @abc.abstractmethod
     def model_weights(self) -> dict[str, torch.Tensor]:
         """Consolidated weights, the same on every backend (collective when sharded)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def load_weights(self, folder: Path, saved_world_size: int) -> None:
         """Weights (and backend-held state) from checkpoint ``folder``, written by
         ``saved_world_size`` processes, into the (possibly sharded) model."""
-        raise NotImplementedError
 
     def save_shards(self, folder: Path) -> None:
         """Collective: every rank writes its own files into ``folder`` (when writes_shards)."""
+        return None  # backends without per-rank files keep everything in the state dict
 
 
 class TorchStrategy(Strategy):
