@@ -77,6 +77,23 @@ def write_result(path: Path, payload: dict[str, Any]) -> Path:
     return path
 
 
+def fill_defaults(args: Any, defaults: dict[str, Any]) -> None:
+    """Set every ``defaults`` option the command line left as None."""
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+
+
+def finish(script: str, args: Any, info: dict[str, Any], label: str = "",
+           **fields: Any) -> dict[str, Any]:
+    """The run's result payload, written to ``bench/results`` unless ``--no-save``."""
+    payload = {"benchmark": script, "machine": info, "args": vars(args), **fields,
+               "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if not args.no_save:
+        print(f"wrote {write_result(result_path(script, info, label), payload)}")
+    return payload
+
+
 def summarize(values: Sequence[float]) -> dict[str, float]:
     """Median, min, max and relative spread ((max - min) / median) of repeated measurements."""
     values = [float(v) for v in values]

@@ -27,14 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import (
-    machine_info,
-    print_table,
-    result_path,
-    summarize,
-    usable_cores,
-    write_result,
-)
+from bench.common import finish, machine_info, print_table, summarize, usable_cores
 from cramming.config import compose, load_pretrain_config
 from cramming.config.schema import DataConfig
 from cramming.data import iter_documents, prepare_data
@@ -170,15 +163,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  ("spread", "spread%", ".0f"), ("mbs", "MB/s", ".2f"),
                  ("sps", "seq/s", ".0f"), ("rows", "rows", "d"),
                  ("cores", "cores used", ".2f"), ("x", "vs baseline", ".2f")])
-    payload = {"benchmark": "data_prep", "machine": info, "args": vars(args),
-               "config": dataclasses.asdict(cfg), "corpus_mb": corpus_bytes / 1e6,
-               "cores_requested": cores, "results": results,
-               "rayon_threads_env": os.environ.get("RAYON_NUM_THREADS"),
-               "created": time.strftime("%Y-%m-%d %H:%M:%S")}
-    if not args.no_save:
-        path = write_result(result_path("data_prep", info, args.label), payload)
-        print(f"wrote {path}")
-    return payload
+    return finish("data_prep", args, info, args.label, config=dataclasses.asdict(cfg),
+                  corpus_mb=corpus_bytes / 1e6, cores_requested=cores, results=results,
+                  rayon_threads_env=os.environ.get("RAYON_NUM_THREADS"))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from bench.common import machine_info, print_table, result_path, summarize, write_result
+from bench.common import fill_defaults, finish, machine_info, print_table, summarize
 from cramming.architectures import build_model
 from cramming.architectures.hf_bert import bert_config
 from cramming.config import compose, load_pretrain_config
@@ -174,9 +174,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--label", default="")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
-    for key, value in (FULL if args.full else REDUCED).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    fill_defaults(args, FULL if args.full else REDUCED)
     args.min_len = args.min_len or max(3, args.seq // 4)
     return args
 
@@ -230,14 +228,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 [("runner", "runner", ""), ("params", "params(M)", ".1f"),
                  ("eps", "examples/s", ".2f"), ("spread", "spread%", ".0f"),
                  ("x", "vs HF loop", ".2f")])
-    payload = {"benchmark": "eval_throughput", "machine": info, "args": vars(args),
-               "notes": notes, "results": results,
-               "created": time.strftime("%Y-%m-%d %H:%M:%S")}
-    if not args.no_save:
-        label = ("full" if args.full else "reduced") + (f"_{args.label}" if args.label else "")
-        path = write_result(result_path("eval_throughput", info, label), payload)
-        print(f"wrote {path}")
-    return payload
+    label = ("full" if args.full else "reduced") + (f"_{args.label}" if args.label else "")
+    return finish("eval_throughput", args, info, label, notes=notes, results=results)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import machine_info, print_table, result_path, summarize, write_result
+from bench.common import finish, machine_info, print_table, summarize
 from cramming.config import compose, load_pretrain_config
 from cramming.pretrain import run_pretraining
 
@@ -131,12 +131,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 [("model", "model", ""), ("loss", "val loss", ".4f"), ("acc", "val acc%", ".2f"),
                  ("steps", "steps", ".0f"), ("tokens", "k tokens", ".1f"),
                  ("tps", "tokens/s", ".1f")])
-    payload = {"benchmark": "quality_at_budget", "machine": info, "args": vars(args),
-               "results": results, "created": time.strftime("%Y-%m-%d %H:%M:%S")}
-    if not args.no_save:
-        path = write_result(result_path("quality_at_budget", info, args.label), payload)
-        print(f"wrote {path}")
-    return payload
+    return finish("quality_at_budget", args, info, args.label, results=results)
 
 
 if __name__ == "__main__":

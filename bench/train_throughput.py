@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.common import PeakProbe, machine_info, print_table, result_path, summarize, write_result
+from bench.common import PeakProbe, fill_defaults, finish, machine_info, print_table, summarize
 from bench.flops import executed_flops_per_token, useful_flops_per_token
 from cramming.architectures import build_model
 from cramming.backend.engine import Trainer
@@ -185,9 +185,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
     sizes = FULL if args.full else REDUCED
-    for key, value in sizes.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    fill_defaults(args, sizes)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = set(args.models) - set(BASE_ARCH)
     if unknown:
@@ -268,15 +266,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         ("mfu", "MFU%", ".1f"), ("pmfu", "paired MFU%", ".1f"),
                         ("xmfu", "exec MFU%", ".1f"),
                         ("speedup", "vs HF", ".2f")])
-    payload = {"benchmark": "train_throughput", "machine": info, "shape": shape,
-               "args": vars(args), "predicted_fraction": fraction, "peak": probe.as_dict(),
-               "results": results, "created": time.strftime("%Y-%m-%d %H:%M:%S")}
-    if not args.no_save:
-        path = write_result(result_path("train_throughput", info,
-                                        ("full" if args.full else "reduced")
-                                        + (f"_{args.label}" if args.label else "")), payload)
-        print(f"wrote {path}")
-    return payload
+    label = ("full" if args.full else "reduced") + (f"_{args.label}" if args.label else "")
+    return finish("train_throughput", args, info, label, shape=shape,
+                  predicted_fraction=fraction, peak=probe.as_dict(), results=results)
 
 
 if __name__ == "__main__":
