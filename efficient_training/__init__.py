@@ -19,6 +19,7 @@ import numpy as np
 from torch import nn
 
 from cramming.backend.hooks import TrainingHook
+from cramming.config.checks import uses_training_method
 from cramming.config.schema import PretrainConfig
 from cramming.errors import ConfigError
 
@@ -33,9 +34,7 @@ def build_hooks(cfg: PretrainConfig, model: nn.Module, prepared,
     and ``prepared.val`` in place, so the engine trains on the held-out split.
     """
     method, micro = cfg.method, cfg.impl.microbatch_size
-    uses_method = (method.stacking.enabled or method.layer_drop.enabled
-                   or method.selection != "none" or cfg.train.optim.name == "sophiag")
-    if world_size > 1 and uses_method:
+    if world_size > 1 and uses_training_method(cfg):
         raise ConfigError(
             f"The efficient-training methods (method.*, train/optim=sophiag) run on one process "
             f"so far; this run has {world_size}. Start it without torchrun, or use method=none.")

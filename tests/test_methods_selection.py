@@ -133,3 +133,13 @@ def test_selective_backprop_lion_and_layer_drop_compose(tiny_overrides, tmp_path
                                      "budget=2", "train.validate_at_end=false"), tmp_path)
     record = read_jsonl(tmp_path / "metrics.jsonl")[-1]
     assert summary["steps"] == 2 and "theta" in record and "selected_fraction" in record
+
+
+def test_methods_on_several_processes_are_refused_with_the_way_out():
+    from efficient_training import build_hooks
+
+    cfg = load_pretrain_config(compose("pretrain", ["method=selective_backprop"]))
+    with pytest.raises(ConfigError, match="without torchrun"):
+        build_hooks(cfg, model=None, prepared=None, world_size=2)
+    plain = load_pretrain_config(compose("pretrain", []))
+    assert build_hooks(plain, model=None, prepared=None, world_size=2) == []

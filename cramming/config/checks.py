@@ -70,6 +70,13 @@ def check_pretrain_config(cfg: PretrainConfig) -> None:
     check_method_options(cfg)
 
 
+def uses_training_method(cfg: PretrainConfig) -> bool:
+    """Whether an efficient-training method (or Sophia-G's Hessian hook) is switched on."""
+    method = cfg.method
+    return (method.stacking.enabled or method.layer_drop.enabled
+            or method.selection != "none" or cfg.train.optim.name == "sophiag")
+
+
 def check_deepspeed_options(cfg: PretrainConfig) -> None:
     """DeepSpeed installed, its config file sound, and nothing asked that it cannot do."""
     from cramming.config.deepspeed_config import (
@@ -83,10 +90,7 @@ def check_deepspeed_options(cfg: PretrainConfig) -> None:
     _require(cfg.impl.precision != "fp16",
              "impl.precision=fp16 is not supported with impl.distributed=deepspeed (the "
              "engine keeps fp32 master weights under autocast); use impl.precision=bf16.")
-    method = cfg.method
-    uses_method = (method.stacking.enabled or method.layer_drop.enabled
-                   or method.selection != "none" or cfg.train.optim.name == "sophiag")
-    _require(not uses_method,
+    _require(not uses_training_method(cfg),
              "The efficient-training methods (method.*, train/optim=sophiag) change the model "
              "or read its gradients between steps, which DeepSpeed owns: use "
              "impl.distributed=ddp (or one process) for them.")
