@@ -109,37 +109,70 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
 
 
 def matmul_flops(size: int = 2048, repeats: int = 5, warmup: int = 1,
-                 dtype: torch.dtype = torch.float32) -> float:
-    """Best achieved FLOP/s of ``size x size @ size x size`` over ``repeats`` timed calls.
+                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                 inner: int = 1) -> float:
+    """Best achieved FLOP/s of ``size x size @ size x size`` over ``repeats`` timed samples.
 
     The best, not the median: it estimates what the machine can do, not what it did while
     sharing the cores. Use several probes interleaved with the workload (see
-    :class:`PeakProbe`) so a busy moment does not decide it.
+    :class:`PeakProbe`) so a busy moment does not decide it. Each sample times ``inner``
+    back-to-back products; on CUDA with CUDA events (recorded around the products only),
+    so launch latency and host timers do not count.
     """
-    a = torch.randn(size, size, dtype=dtype)
-    b = torch.randn(size, size, dtype=dtype)
-    out = torch.empty(size, size, dtype=dtype)
+    device = torch.device(device)
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
+    out = torch.empty(size, size, dtype=dtype, device=device)
     for _ in range(warmup):
         torch.mm(a, b, out=out)
     best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b, out=out)
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * size**3 / best
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        for _ in range(repeats):
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(inner):
+                torch.mm(a, b, out=out)
+            end.record()
+            end.synchronize()
+            best = min(best, start.elapsed_time(end) / 1000.0)
+    else:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(inner):
+                torch.mm(a, b, out=out)
+            best = min(best, time.perf_counter() - start)
+    return 2.0 * size**3 * inner / best
+
+
+def bf16_cuda_peak(size: int = 8192, repeats: int = 10, inner: int = 10) -> float:
+    """Measured bf16 matmul FLOP/s of the current CUDA device (large products, CUDA events)."""
+    return matmul_flops(size, repeats, warmup=3, dtype=torch.bfloat16, device="cuda",
+                        inner=inner)
 
 
 class PeakProbe:
-    """fp32 matmul peak measured repeatedly during a benchmark; ``peak`` is the best probe."""
+    """Matmul peak (fp32 on the CPU by default) measured repeatedly during a benchmark;
+    ``peak`` is the best probe."""
 
-    def __init__(self, size: int = 2048, repeats: int = 5) -> None:
-        self.size, self.repeats = size, repeats
+    def __init__(self, size: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32,
+                 device: str | torch.device = "cpu", inner: int = 1) -> None:
+        self.size, self.repeats, self.inner = size, repeats, inner
+        self.dtype, self.device = dtype, torch.device(device)
         self.samples: list[float] = []
 
     def measure(self) -> float:
-        flops = matmul_flops(self.size, self.repeats)
+        warmup = 3 if self.device.type == "cuda" else 1
+        flops = matmul_flops(self.size, self.repeats, warmup, self.dtype, self.device,
+                             self.inner)
         self.samples.append(flops)
         return flops
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).removeprefix("torch.").replace("float32", "fp32").replace(
+            "bfloat16", "bf16").replace("float16", "fp16")
 
     @property
     def peak(self) -> float:
@@ -147,7 +180,8 @@ class PeakProbe:
 
     def as_dict(self) -> dict[str, Any]:
         return {"matrix_size": self.size, "repeats_per_probe": self.repeats,
-                "peak_flops": self.peak, "probes": self.samples}
+                "products_per_sample": self.inner, "dtype": self.dtype_name,
+                "device": str(self.device), "peak_flops": self.peak, "probes": self.samples}
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:

@@ -20,12 +20,13 @@ from omegaconf import OmegaConf
 
 from cramming.architectures import build_model
 from cramming.backend.checkpoint import latest_checkpoint, save_model_folder
-from cramming.backend.distributed import init_distributed
+from cramming.backend.distributed import DistributedContext, init_distributed
 from cramming.backend.ema import EMAHook
 from cramming.backend.engine import Trainer
 from cramming.backend.hooks import TrainingHook
 from cramming.backend.metrics import MetricsLogger, append_jsonl, plot_loss_curve
 from cramming.backend.runtime import (
+    Runtime,
     describe_machine,
     resolve_runtime,
     seed_everything,
@@ -33,7 +34,7 @@ from cramming.backend.runtime import (
 )
 from cramming.backend.validation import evaluate_objective
 from cramming.config.schema import PretrainConfig
-from cramming.data import MLMMasker, prepare_data
+from cramming.data import MLMMasker, PreparedData, prepare_data
 from cramming.errors import CheckpointError
 from cramming.objectives import build_objective
 from efficient_training import build_hooks
@@ -55,6 +56,21 @@ def _remove_launcher_leftovers(own_dir: Path, run_dir: Path) -> None:
         shutil.rmtree(own_dir, ignore_errors=True)
 
 
+@dataclasses.dataclass
+class PretrainingRun:
+    """Everything :func:`set_up` builds for one run and :func:`train` / :func:`export` use."""
+
+    cfg: PretrainConfig
+    run_dir: Path
+    runtime: Runtime
+    context: DistributedContext
+    prepared: PreparedData
+    trainer: Trainer
+    logger: MetricsLogger | None
+    ema: EMAHook | None
+    resolved: dict
+
+
 def run_pretraining(cfg: PretrainConfig, run_dir: Path,
                     hooks: Sequence[TrainingHook] = ()) -> dict:
     """Pretrain under ``cfg``'s budget in ``run_dir``; returns a summary dict.
@@ -62,6 +78,29 @@ def run_pretraining(cfg: PretrainConfig, run_dir: Path,
     With ``cfg.resume`` true/auto and a checkpoint in ``run_dir``, training continues
     from it exactly (weights, optimizer, data cursor, RNG, budget clock). Under torchrun
     or SLURM every process calls this; rank 0 alone writes files.
+    """
+    run = set_up(cfg, run_dir, hooks)
+    if isinstance(run, dict):  # the run had already finished
+        return run
+    started = time.time()
+    final = train(run)
+    summary = {"name": cfg.name, "run_dir": str(run.run_dir), "steps": run.trainer.step,
+               "tokens": run.trainer.tokens, "budget": cfg.budget,
+               "budget_kind": cfg.budget_kind, "budget_spent": run.trainer.clock.spent(),
+               "final_loss": final.get("loss"), "seconds_this_session": time.time() - started,
+               "arch": cfg.arch.name, "train": cfg.train.name,
+               "optimizer": cfg.train.optim.name, "seed": cfg.seed}
+    if run.trainer.interrupted:
+        summary["interrupted"] = True
+        return summary
+    return export(run, summary)
+
+
+def set_up(cfg: PretrainConfig, run_dir: Path,
+           hooks: Sequence[TrainingHook] = ()) -> PretrainingRun | dict:
+    """Processes, run folder, data, model, objective, hooks and trainer (resumed when asked).
+
+    Returns the finished run's summary instead when ``run_dir`` already holds its model.
     """
     runtime = resolve_runtime(cfg.impl)
     context = init_distributed(runtime.device.type)
@@ -112,33 +151,36 @@ def run_pretraining(cfg: PretrainConfig, run_dir: Path,
                       context)
     if resume != "false":
         trainer.resume()
-    started = time.time()
+    return PretrainingRun(cfg, run_dir, runtime, context, prepared, trainer, logger, ema,
+                          resolved)
+
+
+def train(run: PretrainingRun) -> dict:
+    """Train until the budget is spent (or a dry run's steps); the last step's record."""
     try:
-        final = trainer.fit(max_steps=DRYRUN_STEPS if cfg.dryrun else None)
+        return run.trainer.fit(max_steps=DRYRUN_STEPS if run.cfg.dryrun else None)
     finally:
-        if logger is not None:
-            logger.close()
-    summary = {"name": cfg.name, "run_dir": str(run_dir), "steps": trainer.step,
-               "tokens": trainer.tokens, "budget": cfg.budget, "budget_kind": cfg.budget_kind,
-               "budget_spent": trainer.clock.spent(), "final_loss": final.get("loss"),
-               "seconds_this_session": time.time() - started, "arch": cfg.arch.name,
-               "train": cfg.train.name, "optimizer": cfg.train.optim.name, "seed": cfg.seed}
-    if trainer.interrupted:
-        summary["interrupted"] = True
-        return summary
+        if run.logger is not None:
+            run.logger.close()
+
+
+def export(run: PretrainingRun, summary: dict) -> dict:
+    """Final checkpoint, validation, loss plot, summary and the model folder(s)."""
+    cfg, trainer, context, run_dir = run.cfg, run.trainer, run.context, run.run_dir
+    tokenizer = run.prepared.tokenizer
     trainer.save()
     final_model = trainer.model
     if trainer.strategy.shards_parameters:  # gather into a plain model that eval.py loads
         weights = trainer.model_weights()
         if context.is_main:
             final_model = build_model(cfg.arch, vocab_size=len(tokenizer),
-                                      pad_token_id=tokenizer.pad_token_id).to(runtime.device)
+                                      pad_token_id=tokenizer.pad_token_id).to(run.runtime.device)
             final_model.load_state_dict(weights)
     if not context.is_main:
         return summary
-    if cfg.train.validate_at_end and len(prepared.val) > 0:
-        scores = evaluate_objective(final_model, prepared.val,
-                                    MLMMasker.from_tokenizer(tokenizer), runtime,
+    if cfg.train.validate_at_end and len(run.prepared.val) > 0:
+        scores = evaluate_objective(final_model, run.prepared.val,
+                                    MLMMasker.from_tokenizer(tokenizer), run.runtime,
                                     objective=cfg.train.objective,
                                     batch_size=cfg.impl.microbatch_size,
                                     max_batches=cfg.train.val_batches,
@@ -150,10 +192,10 @@ def run_pretraining(cfg: PretrainConfig, run_dir: Path,
                  scores["loss"], scores["accuracy"])
     plot_loss_curve(run_dir / "metrics.jsonl", run_dir / "loss_curve.png")
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    save_model_folder(run_dir / "model", final_model, tokenizer, resolved)
-    if ema is not None:
-        save_model_folder(run_dir / "model-ema", ema.averaged_model(trainer.model), tokenizer,
-                          resolved)
+    save_model_folder(run_dir / "model", final_model, tokenizer, run.resolved)
+    if run.ema is not None:
+        save_model_folder(run_dir / "model-ema", run.ema.averaged_model(trainer.model),
+                          tokenizer, run.resolved)
     log.info("Finished %d steps (%s). Model folder: %s", trainer.step,
              trainer.clock.remaining_text(), run_dir / "model")
     return summary

@@ -7,38 +7,25 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from cramming.backend.clock import Work, active_layers
+from cramming.clock import Work, active_layers
 from cramming.objectives import Microbatch
 
 if TYPE_CHECKING:
-    from cramming.backend.engine import Trainer
-
-# Mask seeds of extra microbatches live far away from the engine's microbatch indices.
-_STREAM_STRIDE = 1 << 40
-
+    from cramming.backend.hooks import HookContext
 
 class ExtraBatches:
-    """Draws further microbatches from the trainer's own (resumable) data stream.
+    """A hook's own data stream: microbatches beyond the training ones (candidates, Hessian
+    batches), drawn through the trainer's pipeline under the hook's name.
 
-    Rows come from the trainer's sampler, so every row is still seen once per epoch; masks
-    use a separate, counted index stream so they are reproducible after a resume.
+    The stream has its own row order and masks, and the trainer checkpoints its position,
+    so the training rows are never shifted and every draw is exact after a resume.
     """
 
-    def __init__(self, stream: int):
-        self.stream, self.count = stream, 0
+    def __init__(self, stream: str):
+        self.stream = stream
 
-    def draw(self, trainer: Trainer, size: int, progress: float) -> Microbatch:
-        rows = trainer.train_data.batch(trainer.sampler.take(size))
-        batch = trainer.objective.microbatch(rows, progress,
-                                             self.stream * _STREAM_STRIDE + self.count)
-        self.count += 1
-        return batch
-
-    def state_dict(self) -> dict:
-        return {"count": self.count}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.count = int(state["count"])
+    def draw(self, trainer: HookContext, size: int, progress: float) -> Microbatch:
+        return trainer.draw_microbatch(size, progress, self.stream)
 
 
 def take_rows(batch: Microbatch, index: torch.Tensor) -> Microbatch:
@@ -74,7 +61,7 @@ def concat(batches: list[Microbatch]) -> Microbatch:
 
 
 @torch.no_grad()
-def score(trainer: Trainer, batch: Microbatch) -> torch.Tensor:
+def score(trainer: HookContext, batch: Microbatch) -> torch.Tensor:
     """Per-example training loss of ``batch`` (forward only), charged as a scoring pass."""
     device = trainer.runtime.device
     with trainer.runtime.autocast():

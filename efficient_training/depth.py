@@ -10,7 +10,7 @@ keys are unchanged; only iteration (what ``encode`` loops over) changes:
   divided by its keep probability so the expected output matches the full model.
 
 ``last_active`` is the number of layers the latest pass ran; the budget clock reads it
-(:func:`cramming.backend.clock.active_layers`).
+(:func:`cramming.clock.active_layers`).
 """
 
 from __future__ import annotations

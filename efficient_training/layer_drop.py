@@ -21,7 +21,7 @@ from cramming.config.schema import LayerDropConfig
 from efficient_training.depth import install_active_layers
 
 if TYPE_CHECKING:
-    from cramming.backend.engine import Trainer
+    from cramming.backend.hooks import HookContext
 
 
 def theta(progress: float, cfg: LayerDropConfig) -> float:
@@ -38,6 +38,8 @@ def keep_probabilities(progress: float, num_layers: int, cfg: LayerDropConfig) -
 class LayerDropHook(TrainingHook):
     """Sets the keep probabilities of the running layers before each optimizer step."""
 
+    name = "layer_drop"
+
     def __init__(self, cfg: LayerDropConfig, model: nn.Module, seed: int):
         self.cfg = cfg
         self.layers = install_active_layers(model)
@@ -46,11 +48,11 @@ class LayerDropHook(TrainingHook):
         self.layers.generator = self.generator
         self._active: list[int] = []
 
-    def before_step(self, trainer: Trainer) -> None:
+    def before_step(self, trainer: HookContext) -> None:
         depth = self.layers.depth  # stacking may run fewer layers than exist
         self.layers.keep_probs = keep_probabilities(trainer.clock.progress(), depth, self.cfg)
 
-    def after_step(self, trainer: Trainer, record: dict) -> None:
+    def after_step(self, trainer: HookContext, record: dict) -> None:
         record["theta"] = theta(trainer.clock.progress(), self.cfg)
         record["active_layers"] = self.layers.last_active
 

@@ -25,7 +25,7 @@ from cramming.objectives import Microbatch
 from efficient_training.common import ExtraBatches, concat, score, take_rows
 
 if TYPE_CHECKING:
-    from cramming.backend.engine import Trainer
+    from cramming.backend.hooks import HookContext
 
 IL_FORMAT = "cramming-il-losses/1"
 
@@ -83,17 +83,19 @@ class IrreducibleLosses:
 class RhoLossHook(TrainingHook):
     """Trains on the top-``keep_fraction`` rows of each mega-batch by reducible loss."""
 
+    name = "rho_loss"
+
     def __init__(self, cfg: RhoLossConfig, il: IrreducibleLosses, microbatch_size: int):
         self.cfg, self.il, self.microbatch_size = cfg, il, microbatch_size
         self.mega_batch = max(math.ceil(microbatch_size / cfg.keep_fraction), microbatch_size)
-        self.extra = ExtraBatches(stream=2)
+        self.extra = ExtraBatches(self.name)
         self._progress = 0.0
         self.last_reducible = float("nan")
 
-    def before_step(self, trainer: Trainer) -> None:
+    def before_step(self, trainer: HookContext) -> None:
         self._progress = trainer.clock.progress()
 
-    def select_batch(self, trainer: Trainer, batch: Microbatch) -> Microbatch:
+    def select_batch(self, trainer: HookContext, batch: Microbatch) -> Microbatch:
         parts, rows = [batch], batch.input_ids.shape[0]
         while rows < self.mega_batch:
             size = min(self.microbatch_size, self.mega_batch - rows)
@@ -105,11 +107,6 @@ class RhoLossHook(TrainingHook):
         self.last_reducible = float(reducible[top].mean())
         return take_rows(concat(parts), top)
 
-    def after_step(self, trainer: Trainer, record: dict) -> None:
+    def after_step(self, trainer: HookContext, record: dict) -> None:
         record["reducible_loss"] = self.last_reducible
 
-    def state_dict(self) -> dict:
-        return {"extra": self.extra.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.extra.load_state_dict(state["extra"])

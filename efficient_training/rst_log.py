@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from cramming.backend.hooks import TrainingHook
 
 if TYPE_CHECKING:
-    from cramming.backend.engine import Trainer
+    from cramming.backend.hooks import HookContext
 
 
 class RSTLogHook(TrainingHook):
@@ -17,7 +17,9 @@ class RSTLogHook(TrainingHook):
     than the reference system, below 1 slower.
     """
 
-    def after_step(self, trainer: Trainer, record: dict) -> None:
+    name = "rst_log"
+
+    def after_step(self, trainer: HookContext, record: dict) -> None:
         clock = trainer.clock
         rst, wall = clock.seconds(), clock.wall_seconds()
         record["rst_seconds"], record["wall_seconds"] = rst, wall

@@ -21,7 +21,7 @@ from cramming.objectives import Microbatch
 from efficient_training.common import ExtraBatches, concat, score, take_rows
 
 if TYPE_CHECKING:
-    from cramming.backend.engine import Trainer
+    from cramming.backend.hooks import HookContext
 
 
 def selection_probabilities(losses: torch.Tensor, history: torch.Tensor,
@@ -36,16 +36,18 @@ def selection_probabilities(losses: torch.Tensor, history: torch.Tensor,
 class SelectiveBackpropHook(TrainingHook):
     """Replaces each training microbatch by one built from selected high-loss candidates."""
 
+    name = "selective_backprop"
+
     def __init__(self, cfg: SelectiveBackpropConfig, microbatch_size: int, seed: int):
         self.cfg, self.microbatch_size = cfg, microbatch_size
         self.history: deque[float] = deque(maxlen=cfg.history)
         self.generator = torch.Generator().manual_seed(seed + 104729)
-        self.extra = ExtraBatches(stream=1)
+        self.extra = ExtraBatches(self.name)
         self.pool: list[Microbatch] = []
         self.scored = self.selected = 0
         self._progress = 0.0
 
-    def before_step(self, trainer: Trainer) -> None:
+    def before_step(self, trainer: HookContext) -> None:
         self._progress = trainer.clock.progress()
 
     def _select(self, losses: torch.Tensor) -> torch.Tensor:
@@ -54,7 +56,7 @@ class SelectiveBackpropHook(TrainingHook):
         draws = torch.rand(len(losses), generator=self.generator)
         return (draws < probs).nonzero().squeeze(1)
 
-    def select_batch(self, trainer: Trainer, batch: Microbatch) -> Microbatch:
+    def select_batch(self, trainer: HookContext, batch: Microbatch) -> Microbatch:
         candidates = batch
         while sum(b.input_ids.shape[0] for b in self.pool) < self.microbatch_size:
             chosen = self._select(score(trainer, candidates))
@@ -69,17 +71,16 @@ class SelectiveBackpropHook(TrainingHook):
         self.pool = [take_rows(pooled, torch.arange(size, size + rest))] if rest else []
         return take_rows(pooled, torch.arange(size))
 
-    def after_step(self, trainer: Trainer, record: dict) -> None:
+    def after_step(self, trainer: HookContext, record: dict) -> None:
         record["selected_fraction"] = self.selected / max(self.scored, 1)
 
     def state_dict(self) -> dict:
         return {"history": list(self.history), "generator": self.generator.get_state(),
-                "extra": self.extra.state_dict(), "pool": self.pool,
+                "pool": self.pool,
                 "scored": self.scored, "selected": self.selected}
 
     def load_state_dict(self, state: dict) -> None:
         self.history = deque(state["history"], maxlen=self.cfg.history)
         self.generator.set_state(state["generator"])
-        self.extra.load_state_dict(state["extra"])
         self.pool = list(state["pool"])
         self.scored, self.selected = int(state["scored"]), int(state["selected"])

@@ -18,15 +18,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from cramming.architectures import IGNORE_INDEX
-from cramming.backend.clock import Work, active_layers
 from cramming.backend.hooks import TrainingHook
 from cramming.backend.optim import SophiaG
+from cramming.clock import Work, active_layers
 from cramming.config.schema import OptimConfig
 from cramming.objectives import Microbatch
 from efficient_training.common import ExtraBatches
 
 if TYPE_CHECKING:
-    from cramming.backend.engine import Trainer
+    from cramming.backend.hooks import HookContext
 
 
 def masked_logits(outputs: dict, labels: torch.Tensor) -> torch.Tensor:
@@ -72,11 +72,13 @@ def estimate_hessian(model: nn.Module, optimizer: SophiaG, batches: list[Microba
 class SophiaHessianHook(TrainingHook):
     """Refreshes the Sophia-G Hessian estimate before every ``hessian_interval``-th step."""
 
+    name = "sophia_hessian"
+
     def __init__(self, cfg: OptimConfig, microbatch_size: int, seed: int):
         self.interval = cfg.hessian_interval
         self.batch_size = cfg.hessian_batch_size or microbatch_size
         self.microbatch_size = microbatch_size
-        self.extra = ExtraBatches(stream=3)
+        self.extra = ExtraBatches(self.name)
         self.seed = seed + 15485863
         self._generator: torch.Generator | None = None
         self._pending_state: torch.Tensor | None = None
@@ -89,7 +91,7 @@ class SophiaHessianHook(TrainingHook):
                 self._generator.set_state(self._pending_state)
         return self._generator
 
-    def before_step(self, trainer: Trainer) -> None:
+    def before_step(self, trainer: HookContext) -> None:
         if trainer.step % self.interval:
             return
         progress, batches, remaining = trainer.clock.progress(), [], self.batch_size
@@ -107,16 +109,15 @@ class SophiaHessianHook(TrainingHook):
                 kind="hessian", active_layers=active_layers(trainer.model)))
         self.estimates += 1
 
-    def after_step(self, trainer: Trainer, record: dict) -> None:
+    def after_step(self, trainer: HookContext, record: dict) -> None:
         record["hessian_estimates"] = self.estimates
 
     def state_dict(self) -> dict:
         generator = self._generator.get_state() if self._generator is not None else None
-        return {"extra": self.extra.state_dict(), "generator": generator,
+        return {"generator": generator,
                 "estimates": self.estimates}
 
     def load_state_dict(self, state: dict) -> None:
-        self.extra.load_state_dict(state["extra"])
         self.estimates = int(state["estimates"])
         if state["generator"] is not None:
             if self._generator is not None:

@@ -24,7 +24,7 @@ from cramming.errors import ConfigError
 from efficient_training.depth import install_active_layers
 
 if TYPE_CHECKING:
-    from cramming.backend.engine import Trainer
+    from cramming.backend.hooks import HookContext
 
 
 def depth_schedule(cfg: StackingConfig, num_layers: int) -> list[int]:
@@ -49,6 +49,8 @@ def _source_layer(target: int, old_depth: int, growth: str) -> int:
 class StackingHook(TrainingHook):
     """Grows the running depth of ``model`` at the configured budget fractions."""
 
+    name = "stacking"
+
     def __init__(self, cfg: StackingConfig, model: nn.Module):
         self.cfg = cfg
         self.layers = install_active_layers(model)
@@ -57,7 +59,7 @@ class StackingHook(TrainingHook):
         self.grown_at: list[float] = []  # budget progress of each growth so far
         self.layers.depth = self.depth
 
-    def before_step(self, trainer: Trainer) -> None:
+    def before_step(self, trainer: HookContext) -> None:
         progress = trainer.clock.progress()
         while len(self.grown_at) < len(self.cfg.at) and \
                 progress >= self.cfg.at[len(self.grown_at)]:
@@ -79,12 +81,12 @@ class StackingHook(TrainingHook):
         self.depth = self.layers.depth = new
         self.grown_at.append(progress)
 
-    def lr_scale(self, trainer: Trainer, progress: float) -> float:
+    def lr_scale(self, trainer: HookContext, progress: float) -> float:
         if self.cfg.rewarmup <= 0 or not self.grown_at:
             return 1.0
         return min(1.0, max(progress - self.grown_at[-1], 0.0) / self.cfg.rewarmup)
 
-    def after_step(self, trainer: Trainer, record: dict) -> None:
+    def after_step(self, trainer: HookContext, record: dict) -> None:
         record["depth"] = self.depth
 
     def state_dict(self) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from cramming.backend.clock import Work, _Clock
+from cramming.clock import Clock, Work
 from cramming.config.schema import PretrainConfig
 from rst.table import RSTTable, find_table
 
@@ -12,7 +12,7 @@ from rst.table import RSTTable, find_table
 _ROW = {"train": "train", "forward": "forward", "hessian": "train"}
 
 
-class RSTClock(_Clock):
+class RSTClock(Clock):
     """Budget in reference hours; ``charged`` keeps the seconds per kind of work.
 
     ``Work.active_layers=None`` means the full depth. ``rst.charge_*`` switches make scoring

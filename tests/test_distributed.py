@@ -74,8 +74,9 @@ def test_two_processes_equal_one_and_see_every_row_once(small_corpus, single_pro
                                                         tmp_path):
     worker(tmp_path / "ddp", [*small_corpus, "budget=15", "impl.microbatch_size=4"],
            processes=2)
-    # Same global batch -> the same loss sequence (per-rank loss means differ slightly).
-    assert losses(tmp_path / "ddp") == pytest.approx(losses(single_process_run), rel=5e-3)
+    # Same global batch, same keyed masks, the same count per row: the same loss sequence
+    # (up to the order of float sums in the gradient all-reduce).
+    assert losses(tmp_path / "ddp") == pytest.approx(losses(single_process_run), rel=1e-5)
 
     ranks = [seen(tmp_path / "ddp", r) for r in (0, 1)]
     assert ranks[0]["steps"] == ranks[1]["steps"] == 15

@@ -8,10 +8,10 @@ import torch
 from cramming.architectures import build_model
 from cramming.backend.hooks import TrainingHook
 from cramming.backend.metrics import read_jsonl
-from cramming.backend.schedules import lr_factor
 from cramming.config import compose, load_pretrain_config
 from cramming.errors import ConfigError
 from cramming.pretrain import run_pretraining
+from cramming.schedules import lr_factor
 from efficient_training.depth import ActiveLayers
 from efficient_training.layer_drop import keep_probabilities, theta
 

@@ -13,7 +13,6 @@ from omegaconf import OmegaConf
 
 from cramming.architectures import build_model
 from cramming.backend.ema import EMAHook
-from cramming.backend.schedules import batch_size_at
 from cramming.config import CONFIG_DIR, compose, load_pretrain_config, to_typed
 from cramming.config.schema import ArchConfig, PretrainConfig, TrainConfig
 from cramming.data import MLMMasker
@@ -30,6 +29,7 @@ from cramming.objectives.common import ModelArguments, document_ids
 from cramming.objectives.mlm import masking_generator
 from cramming.objectives.seq_length import seq_length_at
 from cramming.objectives.span import SpanMasker
+from cramming.schedules import batch_size_at
 
 VOCAB, CLS, SEP, MASK = 200, 1, 2, 3
 SPECIAL = [0, CLS, SEP, MASK]

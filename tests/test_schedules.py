@@ -2,8 +2,8 @@
 
 import pytest
 
-from cramming.backend.schedules import batch_size_at, lr_factor, mask_prob_at
 from cramming.config.schema import TrainConfig
+from cramming.schedules import batch_size_at, lr_factor, mask_prob_at
 
 
 def test_triangle_peaks_at_half_and_ends_at_zero():

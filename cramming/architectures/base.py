@@ -7,13 +7,14 @@ which positions to decode:
 * dense (``sparse_prediction: false`` or no labels): every position, logits [B, L, V];
 * sparse: only positions whose label is not -100, logits [n_masked, V] (data-dependent
   shape, one host sync);
-* fixed (``sparse_prediction`` and ``fixed_masked_fraction`` set): exactly
-  ``n = round(fixed_masked_fraction * B * L)`` positions, logits [n, V] (static shape for
-  torch.compile / CUDA graphs). Masked positions come first in row-major order, the rest
-  is filled with unmasked positions whose loss is ignored. If a batch has more than ``n``
-  masked positions, the ones beyond ``n`` (the last in row-major order) are dropped: the
-  loss, ``num_predictions`` and ``per_example_loss`` then cover only the ``n`` decoded
-  positions. Choose the fraction >= the masking rate to avoid this.
+* fixed (``sparse_prediction`` and a fixed fraction: ``arch.fixed_masked_fraction``, or
+  the run-time override of :meth:`MaskedLMModel.set_static_decode`): exactly
+  ``n = round(fraction * B * L)`` positions, logits [n, V] (static shape for
+  torch.compile / CUDA graphs, no host sync). Masked positions come first in row-major
+  order, the rest is filled with unmasked positions whose loss is ignored. If a batch has
+  more than ``n`` masked positions, the ones beyond ``n`` (the last in row-major order)
+  are dropped: the loss, ``num_predictions`` and ``per_example_loss`` then cover only the
+  ``n`` decoded positions. Choose the fraction >= the masking rate to avoid this.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torch import nn
 
 from cramming.architectures.flops import training_flops_per_token
 from cramming.config.schema import ArchConfig
+from cramming.errors import ConfigError
 
 IGNORE_INDEX = -100
 
@@ -36,6 +38,25 @@ class MaskedLMModel(nn.Module, metaclass=ABCMeta):
     arch: ArchConfig
     vocab_size: int
     hidden_size: int
+    # Run-time override of arch.fixed_masked_fraction (see set_static_decode); class default.
+    static_decode_fraction: float | None = None
+
+    def set_static_decode(self, fraction: float | None) -> None:
+        """Decode exactly ``round(fraction * B * L)`` positions per batch (static shape).
+
+        Overrides ``arch.fixed_masked_fraction`` at run time; ``None`` goes back to the arch
+        setting. Meant for objectives that mask the same count in every row (then nothing
+        is dropped when ``fraction`` is that count / L). No effect without sparse prediction.
+        """
+        if fraction is not None and not 0 < fraction <= 1:
+            raise ConfigError(f"static decode fraction {fraction} must be in (0, 1] or None")
+        self.static_decode_fraction = None if fraction is None else float(fraction)
+
+    def decode_fraction(self) -> float | None:
+        """The fixed fraction of positions decoded (None: exactly the masked ones)."""
+        if self.static_decode_fraction is not None:
+            return self.static_decode_fraction
+        return self.arch.fixed_masked_fraction
 
     @abstractmethod
     def encode(
@@ -124,8 +145,8 @@ class MaskedLMModel(nn.Module, metaclass=ABCMeta):
     def _decode_positions(self, flat_labels: torch.Tensor) -> torch.Tensor:
         """Flat indices (into B*L) of the positions to decode, in row-major order."""
         masked = flat_labels != IGNORE_INDEX
-        fraction = self.arch.fixed_masked_fraction
-        if fraction is None:
+        fraction = self.decode_fraction()
+        if fraction is None:  # data-dependent shape: a host sync (and a graph break)
             return masked.nonzero().squeeze(1)
         count = max(1, min(flat_labels.numel(), round(fraction * flat_labels.numel())))
         # Stable sort on "is unmasked": all masked positions first, each group in order.

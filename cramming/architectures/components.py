@@ -130,10 +130,40 @@ def eager_attention(
     return probs @ v
 
 
+def require_flash_attn(impl: str) -> None:
+    """Fail at build time when ``impl`` asks for flash-attn and the package is missing."""
+    if impl == "flash-attn" and flash_attn_func is None:
+        raise ConfigError(
+            "arch.attention_impl=flash-attn needs the flash-attn package "
+            "(pip install flash-attn); or use attention_impl=auto / sdpa."
+        )
+
+
+def use_flash_attn(impl: str, x: torch.Tensor, unmasked: bool) -> bool:
+    """Whether attention on ``x`` goes through flash-attn.
+
+    ``flash-attn`` (explicit): always, and only on CUDA in fp16/bf16 (else a clear error);
+    ``auto``: when the package is installed, on CUDA in fp16/bf16, without a mask and not
+    under torch.compile (older flash-attn releases are opaque to Dynamo: a graph break).
+    Otherwise SDPA, which picks its own FlashAttention kernel on CUDA for half precision.
+    """
+    half = x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
+    if impl == "flash-attn":
+        if not half:
+            raise CrammingError(
+                "arch.attention_impl=flash-attn runs only on CUDA in fp16/bf16 "
+                f"(got device={x.device.type}, dtype={x.dtype}); use attention_impl=auto."
+            )
+        return True
+    return (impl == "auto" and flash_attn_func is not None and unmasked and half
+            and not torch.compiler.is_compiling())
+
+
 def _flash_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout_p: float
 ) -> torch.Tensor:
-    """flash-attn on [B, L, nh, hd] tensors; with a padding mask, via the varlen kernel."""
+    """flash-attn on [B, L, nh, hd] tensors; with a padding mask, via the varlen kernel
+    (data-dependent shapes: eager only, see :meth:`SelfAttention._use_flash`)."""
     if mask is None:
         return flash_attn_func(q, k, v, dropout_p=dropout_p)
     batch, seq_len, heads, head_dim = q.shape
@@ -168,27 +198,14 @@ class SelfAttention(nn.Module):
         self.attention_dropout = arch.attention_dropout
         self.qkv = nn.Linear(arch.hidden_size, 3 * arch.hidden_size, bias=arch.linear_bias)
         self.out = nn.Linear(arch.hidden_size, arch.hidden_size, bias=arch.linear_bias)
-        if self.impl == "flash-attn" and flash_attn_func is None:
-            raise CrammingError(
-                "arch.attention_impl=flash-attn needs the flash-attn package "
-                "(pip install flash-attn); or use attention_impl=auto / sdpa."
-            )
+        require_flash_attn(self.impl)
 
     def _use_flash(self, x: torch.Tensor, mask: torch.Tensor | None) -> bool:
-        if self.impl == "flash-attn":
-            if not x.is_cuda or x.dtype not in (torch.float16, torch.bfloat16):
-                raise CrammingError(
-                    "arch.attention_impl=flash-attn runs only on CUDA in fp16/bf16 "
-                    f"(got device={x.device.type}, dtype={x.dtype}); use attention_impl=auto."
-                )
-            return True
-        return (
-            self.impl == "auto"
-            and flash_attn_func is not None
-            and mask is None
-            and x.is_cuda
-            and x.dtype in (torch.float16, torch.bfloat16)
-        )
+        if self.impl == "flash-attn" and mask is not None and torch.compiler.is_compiling():
+            # The varlen packing has data-dependent shapes (nonzero, max length): under
+            # torch.compile padded batches take SDPA with the same boolean mask instead.
+            return False
+        return use_flash_attn(self.impl, x, mask is None)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``x``: [B, L, H]; ``mask``: boolean [B, 1, 1, L], True = attend to that key."""
@@ -244,8 +261,13 @@ class _GatedActivation(torch.autograd.Function):
 
 
 def gated_activation(x: torch.Tensor, name: str) -> torch.Tensor:
-    """GLU nonlinearity ``act(a) * b`` of the two halves of ``x``'s last dimension."""
-    if x.requires_grad and torch.is_grad_enabled():
+    """GLU nonlinearity ``act(a) * b`` of the two halves of ``x``'s last dimension.
+
+    Eager training uses the in-place backward of :class:`_GatedActivation`; under
+    torch.compile the plain expression is traced (Dynamo cannot trace ``out=`` into strided
+    views, and Inductor fuses the elementwise ops and chooses what to save by itself).
+    """
+    if x.requires_grad and torch.is_grad_enabled() and not torch.compiler.is_compiling():
         return _GatedActivation.apply(x, name)
     a, b = x.chunk(2, dim=-1)
     return ACTIVATIONS[name](a) * b

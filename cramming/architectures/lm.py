@@ -14,9 +14,10 @@ arguments that objectives pass through ``Microbatch.model_kwargs``:
 Labels are aligned with positions: ``labels[b, t]`` is what position ``t`` must predict
 (next token for CLM / MNTP, the token itself for plain MLM). The model never shifts.
 
-Attention always runs through ``F.scaled_dot_product_attention``: with ``is_causal`` when
+Attention runs through ``F.scaled_dot_product_attention``: with ``is_causal`` when
 nothing else restricts it, otherwise with a boolean (padding / document) or float
-(relative-position bias) mask.
+(relative-position bias) mask. With ``arch.attention_impl`` flash-attn (or auto and the
+package installed) unmasked attention on CUDA in fp16/bf16 uses ``flash_attn_func``.
 """
 
 from __future__ import annotations
@@ -33,8 +34,11 @@ from cramming.architectures.components import (
     PredictionHead,
     SinusoidalPositions,
     activation_fn,
+    flash_attn_func,
     gated_activation,
     make_norm,
+    require_flash_attn,
+    use_flash_attn,
 )
 from cramming.architectures.flops import head_matmul_params
 from cramming.config.schema import ArchConfig
@@ -115,6 +119,11 @@ class Attention(nn.Module):
         self.out = nn.Linear(self.num_heads * self.head_dim, arch.hidden_size,
                              bias=arch.linear_bias)
         self.norm = make_norm_width(arch, self.num_heads * self.head_dim) if extra_norm else None
+        self.impl = arch.attention_impl
+        require_flash_attn(self.impl)
+        if self.impl == "flash-attn" and arch.position_embedding == "relative":
+            raise ConfigError("arch.attention_impl=flash-attn cannot add the relative-position "
+                              "bias (position_embedding=relative); use attention_impl=sdpa.")
 
     def _split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         batch, seq_len, _ = x.shape
@@ -133,10 +142,17 @@ class Attention(nn.Module):
         q, k, v = self._split(self.qkv(x))
         if rope is not None:
             q, k = rope(q), rope(k)
+        dropout_p = self.attention_dropout if self.training else 0.0
+        # flash-attn (installed and requested, or auto): only without a padding / document
+        # mask or relative bias; it takes grouped K/V heads as they are.
+        if mask is None and relative is None and use_flash_attn(self.impl, q, True):
+            y = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                dropout_p=dropout_p, causal=is_causal)
+            y = y.reshape(batch, seq_len, self.num_heads * self.head_dim)
+            return self.out(self.norm(y) if self.norm is not None else y)
         if self.num_kv_heads != self.num_heads:
             repeat = self.num_heads // self.num_kv_heads
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
-        dropout_p = self.attention_dropout if self.training else 0.0
         scale = None
         if relative is not None:
             mask, scale = self._relative_bias(q, k, relative, mask, is_causal), \

@@ -103,7 +103,8 @@ def init_distributed(device_type: str) -> DistributedContext:
     if device_type == "cuda":
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        # CPU tensors (step agreement, object collectives) go over gloo, CUDA tensors over NCCL.
+        dist.init_process_group(backend="cpu:gloo,cuda:nccl" if device_type == "cuda" else "gloo")
     log.info("Process %d of %d (local rank %d, %s)", rank, world_size, local_rank,
              dist.get_backend())
     return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank)

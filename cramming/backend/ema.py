@@ -16,7 +16,7 @@ from torch import nn
 from cramming.backend.hooks import TrainingHook
 
 if TYPE_CHECKING:
-    from cramming.backend.engine import Trainer
+    from cramming.backend.hooks import HookContext
 
 
 class EMAHook(TrainingHook):
@@ -25,6 +25,8 @@ class EMAHook(TrainingHook):
     The effective decay is ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so the
     average is not dominated by the random initialisation early in short runs.
     """
+
+    name = "ema"
 
     def __init__(self, decay: float):
         if not 0 < decay < 1:
@@ -38,7 +40,7 @@ class EMAHook(TrainingHook):
                        for name, value in model.state_dict().items()
                        if value.is_floating_point()}
 
-    def on_train_start(self, trainer: Trainer) -> None:
+    def on_train_start(self, trainer: HookContext) -> None:
         """Start the average at the current weights unless a resume restored it."""
         if self.shadow is None:
             self._initialise(trainer.model)
@@ -59,7 +61,7 @@ class EMAHook(TrainingHook):
                 self.shadow[name].lerp_(value.detach().float(), weight)
         self.updates += 1
 
-    def after_step(self, trainer: Trainer, record: dict) -> None:
+    def after_step(self, trainer: HookContext, record: dict) -> None:
         """Update after each optimizer step."""
         self.update(trainer.model)
 

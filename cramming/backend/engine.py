@@ -6,7 +6,6 @@ the optimizer factory, or the budget clock; schedules read ``clock.progress()``.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import signal
@@ -14,7 +13,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -25,17 +23,22 @@ from cramming.backend.checkpoint import (
     new_checkpoint_staging,
     save_checkpoint,
 )
-from cramming.backend.clock import Work, active_layers, build_clock
 from cramming.backend.distributed import DistributedContext, agree_on_step, mean_across_ranks
 from cramming.backend.hooks import TrainingHook
 from cramming.backend.metrics import MetricsLogger
 from cramming.backend.runtime import Runtime, rng_state, set_rng_state
-from cramming.backend.schedules import batch_size_at, lr_factor
-from cramming.backend.strategy import Strategy, build_strategy
+from cramming.backend.strategies import build_strategy
+from cramming.backend.strategy import Strategy
+from cramming.budget import build_clock
+from cramming.clock import Work, active_layers
 from cramming.config.schema import PretrainConfig
 from cramming.data import PackedDataset
+from cramming.data.keyed_random import TRAIN_STREAM as TRAIN_STREAM_ID
+from cramming.data.keyed_random import stream_id
+from cramming.data.pipeline import DataPipeline, MicrobatchRequest
 from cramming.errors import CheckpointError, ConfigError, TrainingError
 from cramming.objectives import Microbatch, Objective
+from cramming.schedules import batch_size_at, lr_factor
 
 log = logging.getLogger(__name__)
 
@@ -43,50 +46,21 @@ log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
-class EpochSampler:
-    """Row indices from a fresh seeded permutation each epoch; resumable by (epoch, position)."""
-
-    def __init__(self, num_rows: int, seed: int):
-        self.num_rows, self.seed = num_rows, seed
-        self.epoch, self.position = 0, 0
-        self._order = self._permutation(0)
-
-    def _permutation(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
-
-    def take(self, count: int) -> np.ndarray:
-        chunks = []
-        while count > 0:
-            if self.position >= self.num_rows:
-                self.epoch, self.position = self.epoch + 1, 0
-                self._order = self._permutation(self.epoch)
-            chunk = self._order[self.position : self.position + count]
-            self.position += len(chunk)
-            count -= len(chunk)
-            chunks.append(chunk)
-        return np.concatenate(chunks)
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
-        self._order = self._permutation(self.epoch)
+TRAIN_STREAM = "train"
 
 
-def _rank_slice(batch: Microbatch, rank: int, world: int) -> Microbatch:
-    """Rank ``rank``'s contiguous share of a global microbatch (every per-row tensor)."""
-    rows = batch.input_ids.shape[0]  # objectives may re-cut rows (sequence-length schedule)
-    part = slice(rank * rows // world, (rank + 1) * rows // world)
+def stream_number(name: str) -> int:
+    """Mask/row-order stream of a named data stream (0 for the training rows)."""
+    return TRAIN_STREAM_ID if name == TRAIN_STREAM else stream_id(name)
 
-    def cut(value):
-        is_per_row = isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == rows
-        return value[part] if is_per_row else value
 
-    return dataclasses.replace(
-        batch, input_ids=batch.input_ids[part], labels=batch.labels[part],
-        example_ids=cut(batch.example_ids),
-        model_kwargs={key: cut(value) for key, value in batch.model_kwargs.items()})
+def _materialize(record: dict) -> dict:
+    """The record with device scalars turned into Python floats (one sync for all)."""
+    tensors = {key: value for key, value in record.items() if isinstance(value, torch.Tensor)}
+    if tensors:
+        values = torch.stack([value.detach().float().reshape(()) for value in tensors.values()])
+        record = {**record, **dict(zip(tensors, values.cpu().tolist()))}
+    return record
 
 
 class Trainer:
@@ -107,9 +81,23 @@ class Trainer:
         self.strategy: Strategy = build_strategy(cfg, model, runtime, self.context)
         self.model, self.forward_model = self.strategy.model, self.strategy.forward_model
         self.train_data, self.objective = train_data, objective
-        self.hooks, self.logger = hooks, logger
+        self.hooks, self.logger = list(hooks), logger
+        names = [hook.name for hook in self.hooks]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"Training hooks need distinct names (their checkpoint state is "
+                              f"keyed by name), got {names}.")
         self.clock = build_clock(cfg.budget_kind, cfg.budget, cfg, self.model)
-        self.sampler = EpochSampler(len(train_data), cfg.seed)
+        self.pipeline = DataPipeline(train_data, objective, cfg.seed,
+                                     workers=cfg.impl.data_workers,
+                                     prefetch=cfg.impl.prefetch_microbatches,
+                                     pin_memory=runtime.device.type == "cuda")
+        decode = getattr(objective, "static_decode_fraction", None)
+        fraction = decode(train_data.seq_length) if decode is not None else None
+        if fraction is not None and hasattr(model, "set_static_decode"):
+            model.set_static_decode(fraction)  # fixed count per row: static decode shape
+        # draw position (global, all ranks) and microbatch count of every data stream
+        self.streams: dict[str, dict[str, int]] = {TRAIN_STREAM: {"position": 0, "draws": 0}}
+        self.data_wait = 0.0  # seconds this step waited for data
         self.step = 0
         self.microbatches = 0  # global microbatches (one per rank at a time)
         self.tokens = 0  # global training tokens
@@ -123,10 +111,11 @@ class Trainer:
         return {
             "step": self.step, "microbatches": self.microbatches, "tokens": self.tokens,
             **self.strategy.state_dict(),  # optimizer (and loss scaler)
-            "clock": self.clock.state_dict(), "sampler": self.sampler.state_dict(),
+            "clock": self.clock.state_dict(),
+            "streams": {name: dict(state) for name, state in self.streams.items()},
             "rng": self.context.gather_objects(rng_state()),
             "world_size": self.context.world_size,
-            "hooks": [hook.state_dict() for hook in self.hooks],
+            "hooks": {hook.name: hook.state_dict() for hook in self.hooks},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -134,7 +123,8 @@ class Trainer:
         self.tokens = state["tokens"]
         self.strategy.load_state_dict(state)
         self.clock.load_state_dict(state["clock"])
-        self.sampler.load_state_dict(state["sampler"])
+        self.streams = {name: {"position": int(value["position"]), "draws": int(value["draws"])}
+                        for name, value in state["streams"].items()}
         saved_world = state.get("world_size", 1)
         if saved_world == self.context.world_size:
             set_rng_state(state["rng"][self.context.rank])
@@ -143,8 +133,17 @@ class Trainer:
                         "optimizer, data order, masks and budget continue exactly; dropout "
                         "RNG streams restart from the seed.", saved_world,
                         self.context.world_size)
-        for hook, hook_state in zip(self.hooks, state["hooks"]):
-            hook.load_state_dict(hook_state)
+        saved = state["hooks"]
+        missing = [hook.name for hook in self.hooks if hook.name not in saved]
+        if missing:
+            raise CheckpointError(f"The checkpoint has no state for hook(s) {missing} (it has "
+                                  f"{sorted(saved)}): resume with the methods it was run with.")
+        dropped = sorted(set(saved) - {hook.name for hook in self.hooks})
+        if dropped and self.context.is_main:
+            log.warning("The checkpoint holds state of hook(s) %s that this run does not use.",
+                        dropped)
+        for hook in self.hooks:
+            hook.load_state_dict(saved[hook.name])
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
@@ -192,24 +191,47 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
 
-    def _microbatch(self, size: int, progress: float) -> Microbatch:
-        """This rank's share of the next global microbatch (``size`` rows per rank).
+    @property
+    def epoch(self) -> int:
+        """Epoch of the training stream's next row."""
+        return self.pipeline.order(TRAIN_STREAM_ID).epoch(self.streams[TRAIN_STREAM]["position"])
 
-        Every rank draws and masks the same global rows, then keeps its slice: each row
-        is seen once per epoch across ranks, and N ranks reproduce one process whose
-        microbatch is N times larger.
+    def _request(self, stream: str, size: int, progress: float,
+                 ahead: int = 0) -> MicrobatchRequest:
+        """This rank's request for ``stream``'s microbatch ``ahead`` draws from now.
+
+        A global microbatch covers ``size x world`` consecutive draw positions; rank r reads
+        the r-th ``size`` of them, so N ranks see exactly what one process with an N times
+        larger microbatch sees, and each rank reads and masks only its own rows.
         """
+        state = self.streams.setdefault(stream, {"position": 0, "draws": 0})
         world, rank = self.context.world_size, self.context.rank
-        rows = self.train_data.batch(self.sampler.take(size * world))
-        batch = self.objective.microbatch(rows, progress, self.microbatches)
-        if world > 1:
-            batch = _rank_slice(batch, rank, world)
-        for hook in self.hooks:
-            batch = hook.select_batch(self, batch)
+        start = state["position"] + (ahead * world + rank) * size
+        return MicrobatchRequest(stream_number(stream), start, size, state["draws"] + ahead,
+                                 progress)
+
+    def draw_microbatch(self, size: int, progress: float, stream: str = TRAIN_STREAM
+                        ) -> Microbatch:
+        """This rank's share (``size`` rows) of the next microbatch of data stream ``stream``.
+
+        Streams are named (a hook uses its own name); each has its own row order, position
+        and mask keys, all saved in checkpoints, so extra draws never shift the training
+        rows and every draw is reproduced exactly on resume.
+        """
+        batch, waited = self.pipeline.get(self._request(stream, size, progress))
+        self.data_wait += waited
+        state = self.streams[stream]
+        state["position"] += size * self.context.world_size
+        state["draws"] += 1
         return batch
 
     def train_step(self) -> dict:
-        """One optimizer step over as many microbatches as the current batch size needs."""
+        """One optimizer step over as many microbatches as the current batch size needs.
+
+        Nothing in it waits for the device: losses stay device tensors in the returned
+        record until :func:`_materialize` (at logging steps), and data comes prefetched.
+        """
+        started = time.perf_counter()
         train, micro = self.cfg.train, self.cfg.impl.microbatch_size
         world = self.context.world_size
         progress = self.progress
@@ -220,60 +242,82 @@ class Trainer:
         self.strategy.set_lr(lr)
         batch_size = batch_size_at(progress, train, micro * world)
         accumulation = max(batch_size // (micro * world), 1)
+        # this step's microbatches and the next step's (same size and progress, a guess)
+        self.pipeline.schedule([self._request(TRAIN_STREAM, micro, progress, ahead)
+                                for ahead in range(2 * accumulation)])
+        self.data_wait = 0.0
         device = self.runtime.device
         self.model.train()
         self.strategy.zero_grad()
-        loss_sum = torch.zeros((), device=device)
-        kind_sums: dict[str, list] = {}
-        wall_clock = (self.cfg.budget_kind == "hours" and not self.context.enabled
-                      and self.strategy.can_stop_mid_step)
+        weighted, losses, kinds, work = [], [], [], []
+        stop_mid_step = (self.clock.may_stop_mid_step and not self.context.enabled
+                         and self.strategy.can_stop_mid_step)
+        done = 0
         for index in range(accumulation):
-            batch = self._microbatch(micro, progress)
+            batch = self.draw_microbatch(micro, progress)
+            for hook in self.hooks:
+                batch = hook.select_batch(self, batch)
             with self.strategy.microbatch_context(index == accumulation - 1):
                 with self.runtime.autocast():
                     outputs = self.forward_model(
                         batch.input_ids.to(device, non_blocking=True),
-                        labels=batch.labels.to(device, non_blocking=True), **batch.model_kwargs)
+                        labels=batch.labels.to(device, non_blocking=True),
+                        **{key: value.to(device, non_blocking=True)
+                           if isinstance(value, torch.Tensor) else value
+                           for key, value in batch.model_kwargs.items()})
                     loss = outputs["loss"] * (batch.loss_weight / accumulation)
                 self.strategy.backward(loss)
-            loss_sum += loss.detach()
-            kind_sum = kind_sums.setdefault(batch.kind, [torch.zeros((), device=device), 0])
-            kind_sum[0] += outputs["loss"].detach()
-            kind_sum[1] += 1
-            tokens = batch.input_ids.numel()
-            self.clock.charge_microbatch(Work(sequences=batch.input_ids.shape[0], tokens=tokens,
-                                              active_layers=active_layers(self.model),
-                                              replicas=world))
-            self.microbatches += 1
-            self.tokens += tokens * world
+            weighted.append(loss.detach())
+            losses.append(outputs["loss"].detach())
+            kinds.append(batch.kind)
+            work.append(Work(sequences=batch.input_ids.shape[0], tokens=batch.input_ids.numel(),
+                             active_layers=active_layers(self.model), replicas=world))
+            self.tokens += batch.input_ids.numel() * world
             done = index + 1
             # Wall time spent mid-step (a large ramped batch on slow hardware): stop now
             # rather than overrun by a whole step. Virtual clocks always finish the step.
-            if wall_clock and done < accumulation and self.clock.exhausted():
+            if stop_mid_step and done < accumulation and self.clock.exhausted():
                 break
+        for item in work:
+            self.clock.charge_microbatch(item)
+        self.microbatches += done
         if done < accumulation:  # finish with the mean gradient of what was computed
             self.strategy.rescale_gradients(accumulation / done)
-            loss_sum *= accumulation / done
-        step_loss = mean_across_ranks(loss_sum, self.context).item()
-        if not math.isfinite(step_loss):
-            raise TrainingError(
-                f"Loss became {step_loss} at step {self.step + 1} (lr {lr:.3g}). Training stopped; "
-                f"the last good checkpoint in {self.run_dir / 'checkpoints'} is kept. Lower "
-                f"train.optim.lr, set train.gradient_clipping, or use impl.precision=fp32.")
+        # the loss of the (mean) gradient taken, loss weights included
+        step_loss = torch.stack(weighted).float().sum() * (accumulation / done)
+        step_loss = mean_across_ranks(step_loss, self.context)
+        stacked = torch.stack(losses).float()
         grad_norm = self.strategy.apply_gradients(train.gradient_clipping)
         self.clock.charge_step()
         self.step += 1
         record = {"step": self.step, "loss": step_loss, "lr": lr, "batch_size": batch_size,
                   **self.objective.log_values(progress), "progress": progress,
-                  "tokens": self.tokens, "epoch": self.sampler.epoch}
-        if len(kind_sums) > 1:
-            for kind, (total, count) in kind_sums.items():
-                record[f"loss_{kind}"] = total.item() / count
+                  "tokens": self.tokens, "epoch": self.epoch}
+        if len(set(kinds)) > 1:
+            for kind in sorted(set(kinds)):
+                picked = [i for i, name in enumerate(kinds) if name == kind]
+                record[f"loss_{kind}"] = stacked[picked].mean()
         if grad_norm is not None:
-            record["grad_norm"] = float(grad_norm)
+            record["grad_norm"] = grad_norm
+        record["data_wait_seconds"] = self.data_wait
+        record["step_seconds"] = time.perf_counter() - started
         for hook in self.hooks:
             hook.after_step(self, record)
         return record
+
+    def _check_finite(self, records: list[dict]) -> list[dict]:
+        """Materialize buffered step records; a non-finite loss stops training here."""
+        records = [_materialize(record) for record in records]
+        for record in records:
+            if not math.isfinite(record["loss"]):
+                kept = ("the last good checkpoint in " + str(self.run_dir / "checkpoints")
+                        + " is kept") if latest_checkpoint(self.run_dir) else \
+                    "no checkpoint had been written yet"
+                raise TrainingError(
+                    f"Loss became {record['loss']} at step {record['step']} (lr "
+                    f"{record['lr']:.3g}). Training stopped; {kept}. Lower train.optim.lr, set "
+                    f"train.gradient_clipping, or use impl.precision=fp32.")
+        return records
 
     def _handle_signal(self, signum: int, frame: object) -> None:
         self._stop_signal = signum
@@ -297,10 +341,12 @@ class Trainer:
         last_save, last_time, last_tokens = time.monotonic(), time.monotonic(), self.tokens
         every_steps = cfg.train.checkpoint_every_steps
         record: dict = {}
+        pending: list[dict] = []  # step records not yet logged (device values)
         stop = self.clock.exhausted()
         try:
             while not stop and (max_steps is None or self.step < max_steps):
                 record = self.train_step()
+                pending.append(record)
                 now = time.monotonic()
                 save_due = bool(every_steps and self.step % every_steps == 0) or \
                     now - last_save >= 60 * cfg.train.checkpoint_every_minutes
@@ -311,11 +357,15 @@ class Trainer:
                 record["tokens_per_second"] = (self.tokens - last_tokens) / max(now - last_time,
                                                                                 1e-9)
                 last_time, last_tokens = now, self.tokens
-                if self.logger is not None and self.step % cfg.train.log_every_steps == 0:
-                    self.logger.log(record)
+                log_due = self.step % cfg.train.log_every_steps == 0
+                if log_due or decision.save or decision.interrupted or stop:
+                    record = self._check_finite(pending)[-1]
+                    if self.logger is not None and log_due:
+                        self.logger.log(record)
+                    pending = []
+                    bar.set_postfix(loss=f"{record['loss']:.3f}",
+                                    left=self.clock.remaining_text(), refresh=False)
                 bar.n = int(1000 * self.progress)
-                bar.set_postfix(loss=f"{record['loss']:.3f}", left=self.clock.remaining_text(),
-                                refresh=False)
                 bar.update(0)
                 if decision.save or decision.interrupted:
                     self.save()
@@ -326,8 +376,11 @@ class Trainer:
                         log.warning("Stop signal: checkpoint written at step %d; continue "
                                     "with resume=true.", self.step)
                     break
+            if pending:
+                record = self._check_finite(pending)[-1]
         finally:
             bar.close()
+            self.pipeline.close()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         if self._stop_signal is not None and callable(previous.get(self._stop_signal)):

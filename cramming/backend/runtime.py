@@ -63,10 +63,86 @@ def resolve_runtime(impl: ImplConfig) -> Runtime:
         torch.set_num_threads(impl.threads)
     if impl.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
+    check_compile_options(impl, device)
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        enable_tf32()
     return Runtime(device=device, dtype=PRECISIONS[precision])
+
+
+def enable_tf32() -> None:
+    """TF32 tensor cores for fp32 matmuls and cuDNN convolutions (CUDA only, Ampere+).
+
+    Only the process-wide legacy settings: on torch >= 2.9 setting the per-backend
+    ``fp32_precision`` instead makes ``torch.get_float32_matmul_precision()`` (read by
+    Inductor) raise for mixing the two APIs.
+    """
+    torch.set_float32_matmul_precision("high")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
+def check_compile_options(impl: ImplConfig, device: torch.device) -> None:
+    """Reject compile settings the resolved ``device`` cannot honour (one-line errors)."""
+    if not impl.cuda_graphs:
+        return
+    if device.type != "cuda":
+        raise ConfigError(f"impl.cuda_graphs=true needs a CUDA device (got {device.type}); "
+                          "set impl.cuda_graphs=false.")
+    if not impl.compile:
+        raise ConfigError("impl.cuda_graphs=true needs impl.compile=true (CUDA graphs come "
+                          "from torch.compile mode reduce-overhead).")
+    if impl.compile_mode not in (None, "reduce-overhead", "max-autotune"):
+        raise ConfigError(f"impl.cuda_graphs=true conflicts with impl.compile_mode="
+                          f"{impl.compile_mode} (no CUDA graphs); use reduce-overhead or null.")
+
+
+def compile_options(impl: ImplConfig, sharded: bool = False) -> dict:
+    """Keyword arguments of ``torch.compile`` for ``impl`` (mode and fullgraph).
+
+    ``sharded`` (FSDP2): fullgraph is off, the per-layer FSDP hooks run between graphs.
+    """
+    mode = impl.compile_mode
+    if impl.cuda_graphs and mode is None:
+        mode = "reduce-overhead"
+    return {"mode": mode, "fullgraph": impl.compile_fullgraph and not sharded}
+
+
+def compile_model(model: torch.nn.Module, impl: ImplConfig,
+                  sharded: bool = False) -> torch.nn.Module:
+    """``torch.compile(model, **compile_options(impl))`` when ``impl.compile``, else ``model``.
+
+    With ``impl.compile_fullgraph`` (default) a graph break in the training forward + loss
+    raises at the first step instead of silently splitting the graph.
+    """
+    if not impl.compile:
+        return model
+    if sharded and impl.compile_fullgraph:
+        log.info("impl.compile_fullgraph does not apply under FSDP2: its per-layer hooks "
+                 "run between the compiled graphs.")
+    options = compile_options(impl, sharded)
+    compiled = torch.compile(model, **options)
+    if options["mode"] in ("reduce-overhead", "max-autotune"):
+        return CUDAGraphStep(compiled)
+    return compiled
+
+
+class CUDAGraphStep(torch.nn.Module):
+    """A compiled model whose CUDA graphs replay once per microbatch.
+
+    Each call starts a new cudagraph step (the previous microbatch's backward is done) and
+    clones the small outputs the trainer keeps (loss, counts), which the next replay would
+    otherwise overwrite; ``logits`` stay valid only until the next call.
+    """
+
+    def __init__(self, compiled: torch.nn.Module) -> None:
+        super().__init__()
+        self.compiled = compiled
+
+    def forward(self, *args, **kwargs):
+        torch.compiler.cudagraph_mark_step_begin()
+        outputs = self.compiled(*args, **kwargs)
+        return {key: value.clone() if isinstance(value, torch.Tensor) and key != "logits"
+                else value for key, value in outputs.items()}
 
 
 def seed_everything(seed: int) -> None:

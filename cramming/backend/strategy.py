@@ -25,7 +25,7 @@ from cramming.backend.distributed import (
     shard_model,
 )
 from cramming.backend.optimizers import build_optimizer
-from cramming.backend.runtime import Runtime
+from cramming.backend.runtime import Runtime, compile_model
 from cramming.config.schema import PretrainConfig
 from cramming.errors import CheckpointError
 
@@ -61,8 +61,9 @@ class Strategy(abc.ABC):
         """Scale the accumulated gradients (a step that ended early, see can_stop_mid_step)."""
 
     @abc.abstractmethod
-    def apply_gradients(self, clip_norm: float | None) -> float | None:
-        """Clip (when ``clip_norm``) and take the optimizer step; returns the grad norm."""
+    def apply_gradients(self, clip_norm: float | None) -> torch.Tensor | float | None:
+        """Clip (when ``clip_norm``) and take the optimizer step; returns the grad norm
+        (a device tensor where possible: reading it would wait for the device)."""
 
     @abc.abstractmethod
     def state_dict(self) -> dict:
@@ -95,8 +96,7 @@ class TorchStrategy(Strategy):
         self.shards_parameters = context.enabled and cfg.impl.distributed == "fsdp"
         if self.shards_parameters:
             shard_model(self.model)
-        self.forward_model = torch.compile(self.model, mode=cfg.impl.compile_mode) \
-            if cfg.impl.compile else self.model
+        self.forward_model = compile_model(self.model, cfg.impl, self.shards_parameters)
         if context.enabled and not self.shards_parameters:
             device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
             self.forward_model = nn.parallel.DistributedDataParallel(self.forward_model,
@@ -119,11 +119,13 @@ class TorchStrategy(Strategy):
             if param.grad is not None:
                 param.grad.mul_(factor)
 
-    def apply_gradients(self, clip_norm: float | None) -> float | None:
+    def apply_gradients(self, clip_norm: float | None) -> torch.Tensor | None:
         self.scaler.unscale_(self.optimizer)
         grad_norm = None
         if clip_norm:
-            grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), clip_norm))
+            grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), clip_norm).detach()
+            if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
+                grad_norm = grad_norm.full_tensor()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return grad_norm
@@ -148,13 +150,3 @@ class TorchStrategy(Strategy):
             load_full_model_state(self.model, read_weights(folder / MODEL_WEIGHTS), True)
         else:
             load_weights(self.model, folder / MODEL_WEIGHTS)
-
-
-def build_strategy(cfg: PretrainConfig, model: nn.Module, runtime: Runtime,
-                   context: DistributedContext) -> Strategy:
-    """The backend ``cfg.impl.distributed`` names (DeepSpeed also runs on one process)."""
-    if cfg.impl.distributed == "deepspeed":
-        from cramming.backend.deepspeed_engine import DeepSpeedStrategy
-
-        return DeepSpeedStrategy(cfg, model, runtime, context)
-    return TorchStrategy(cfg, model, runtime, context)

@@ -15,20 +15,22 @@ from tqdm.auto import tqdm
 
 from cramming.backend.runtime import Runtime
 from cramming.data import MLMMasker, PackedDataset
+from cramming.data.keyed_random import KeyedRandom, stream_id
 
 # Defaults shared by end-of-training validation and validate_bert.py, so every reported
 # validation number is measured the same way, whatever masking rate the run trained with.
 VALIDATION_MASK_PROB = 0.15
 VALIDATION_SEED = 0
+VALIDATION_STREAM = stream_id("validation")
 
 
 @torch.no_grad()
 def _score(model: nn.Module, data: PackedDataset, runtime: Runtime, batch_size: int,
-           max_batches: int | None, make_batch: Callable[[torch.Tensor, int], tuple],
+           max_batches: int | None, make_batch: Callable[[torch.Tensor, torch.Tensor], tuple],
            model_kwargs: dict, desc: str, progress_bar: bool) -> dict:
     """Token-weighted loss and accuracy over rows read in order, in eval mode.
 
-    ``make_batch(input_ids, batch_index) -> (inputs, labels)`` turns rows into a scored batch.
+    ``make_batch(input_ids, row_indices) -> (inputs, labels)`` turns rows into a scored batch.
     """
     was_training = model.training
     model.eval()
@@ -38,9 +40,9 @@ def _score(model: nn.Module, data: PackedDataset, runtime: Runtime, batch_size: 
         num_batches = min(num_batches, max_batches)
     loss_sum, predictions, correct = 0.0, 0, 0
     for index in tqdm(range(num_batches), desc=desc, disable=not progress_bar):
-        rows = data.batch(torch.arange(index * batch_size,
-                                       min((index + 1) * batch_size, total_rows)).numpy())
-        input_ids, labels = make_batch(rows["input_ids"], index)
+        row_indices = torch.arange(index * batch_size, min((index + 1) * batch_size, total_rows))
+        rows = data.batch(row_indices.numpy())
+        input_ids, labels = make_batch(rows["input_ids"], row_indices)
         with runtime.autocast():
             out = model(input_ids.to(runtime.device), labels=labels.to(runtime.device),
                         **model_kwargs)
@@ -65,15 +67,15 @@ def evaluate_mlm(model: nn.Module, data: PackedDataset, masker: MLMMasker, runti
                  model_kwargs: dict | None = None) -> dict:
     """Token-weighted MLM loss and accuracy over (up to ``max_batches``) validation rows.
 
-    Rows are read in order and masked with generators seeded by (seed, batch index), so
-    two checkpoints are scored on exactly the same masked tokens. ``next_token`` scores
-    MNTP (each masked token predicted one position earlier); ``model_kwargs`` go to the
-    forward (e.g. ``causal=False``).
+    Rows are read in order and each row's mask is keyed by (seed, row index), so two
+    checkpoints are scored on exactly the same masked tokens, whatever the batch size.
+    ``next_token`` scores MNTP (each masked token predicted one position earlier);
+    ``model_kwargs`` go to the forward (e.g. ``causal=False``).
     """
 
-    def make_batch(input_ids: torch.Tensor, index: int) -> tuple:
-        generator = torch.Generator().manual_seed(seed * 7919 + index)
-        inputs, labels = masker(input_ids, mask_prob, generator)
+    def make_batch(input_ids: torch.Tensor, row_indices: torch.Tensor) -> tuple:
+        random = KeyedRandom(seed, VALIDATION_STREAM, row_indices.numpy())
+        inputs, labels = masker(input_ids, mask_prob, random)
         return inputs, _shift_left(labels) if next_token else labels
 
     scores = _score(model, data, runtime, batch_size, max_batches, make_batch,
@@ -86,7 +88,7 @@ def evaluate_clm(model: nn.Module, data: PackedDataset, runtime: Runtime, batch_
                  max_batches: int | None = None, progress_bar: bool = True) -> dict:
     """Token-weighted next-token loss, perplexity and accuracy with causal attention."""
     scores = _score(model, data, runtime, batch_size, max_batches,
-                    lambda input_ids, index: (input_ids, _shift_left(input_ids)),
+                    lambda input_ids, rows: (input_ids, _shift_left(input_ids)),
                     {"causal": True}, "validate clm", progress_bar)
     return {**scores, "perplexity": math.exp(min(scores["loss"], 50.0))}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from cramming.budget import check_budget
 from cramming.config.schema import PretrainConfig
 from cramming.errors import ConfigError
 
@@ -18,6 +19,10 @@ def check_pretrain_config(cfg: PretrainConfig) -> None:
     _require(str(cfg.resume).lower() in ("true", "false", "auto"),
              f"resume={cfg.resume!r}: allowed values are true, false, auto.")
     _require(impl.microbatch_size > 0, "impl.microbatch_size must be > 0.")
+    _require(impl.data_workers >= 0 and impl.prefetch_microbatches >= 0,
+             f"impl.data_workers={impl.data_workers} and impl.prefetch_microbatches="
+             f"{impl.prefetch_microbatches} must be >= 0 (0 workers: build data on the "
+             f"training thread).")
     _require(impl.microbatch_size <= train.batch_size,
              f"impl.microbatch_size={impl.microbatch_size} is larger than "
              f"train.batch_size={train.batch_size}; lower the microbatch or raise the batch.")
@@ -224,8 +229,4 @@ def check_method_options(cfg: PretrainConfig) -> None:
         _require(cfg.train.objective == "mlm",
                  "train/optim=sophiag samples labels from the MLM logits; it needs "
                  "train.objective=mlm.")
-    if cfg.budget_kind == "rst":
-        from rst.table import find_table
-
-        find_table(cfg.rst.device, arch, cfg.data.seq_length, cfg.impl.microbatch_size,
-                   cfg.rst.tables_dir, cfg.rst.table)
+    check_budget(cfg)

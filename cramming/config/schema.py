@@ -28,6 +28,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.optim.name": ("adamw", "adam", "lion", "sophiag", "lamb"),
     "impl.device": ("auto", "cpu", "cuda", "mps"),
     "impl.precision": ("auto", "fp32", "bf16", "fp16"),
+    "impl.compile_mode": (None, "default", "reduce-overhead", "max-autotune",
+                          "max-autotune-no-cudagraphs"),
     "impl.distributed": ("ddp", "fsdp", "deepspeed"),
     "wandb.mode": ("offline", "online", "disabled"),
     "method.selection": ("none", "selective_backprop", "rho_loss"),
@@ -135,7 +137,7 @@ class TrainConfig:
     mask_prob_end: float | None = None  # linear masking-rate schedule when set
     mask_token_prob: float = 0.8  # of masked positions: replaced by [MASK]
     random_token_prob: float = 0.1  # of masked positions: replaced by a random token
-    exact_mask_count: bool = False  # mask exactly round(p * maskable) tokens per sequence
+    exact_mask_count: bool = True  # exactly round(p * seq_length) per row (static decode shape)
     log_every_steps: int = 10
     checkpoint_every_minutes: float = 30.0
     checkpoint_every_steps: int | None = None
@@ -164,8 +166,17 @@ class ImplConfig:
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 on CUDA with support, else fp32
     compile: bool = False
-    compile_mode: str | None = None
+    compile_mode: str | None = None  # torch.compile mode; null: its default
+    # One graph for the whole training forward + loss: a graph break (host sync, data-
+    # dependent shape) is an error instead of a silent slowdown. false: allow breaks.
+    compile_fullgraph: bool = True
+    # CUDA graphs (compile mode reduce-overhead): needs CUDA and impl.compile=true.
+    cuda_graphs: bool = False
     threads: int | None = None
+    # Background threads that read, mask (and pin) microbatches ahead of the step; 0 builds
+    # them on the training thread. Results do not depend on either setting.
+    data_workers: int = 1
+    prefetch_microbatches: int = 4
     deterministic: bool = False
     progress_bar: bool = True
     # Parallel backend: ddp (replicated) | fsdp (FSDP2 fully_shard) under torchrun/SLURM;

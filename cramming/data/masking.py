@@ -7,6 +7,8 @@ from collections.abc import Iterable
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from cramming.data.keyed_random import RandomSource, as_random
+
 IGNORE_INDEX = -100  # label of positions that are not predicted
 
 
@@ -15,9 +17,12 @@ class MLMMasker:
 
     Of the selected positions, ``mask_token_prob`` become ``[MASK]``, ``random_token_prob``
     a random non-special token, and the rest keep their token. With ``exact_count`` each row
-    gets exactly ``round(mask_prob * maskable tokens in the row)`` selections, otherwise each
-    token is selected independently with probability ``mask_prob``. All randomness comes from
-    the given ``torch.Generator``, so equal generator states give equal outputs.
+    gets exactly ``round(mask_prob * row length)`` selections among its maskable positions
+    (fewer only if the row has fewer maskable tokens), as Cramming's collator does
+    (JonasGeiping/cramming, cramming/backend/utils.py); otherwise each token is selected
+    independently with probability ``mask_prob``. All randomness comes from the given source
+    (a :class:`~cramming.data.keyed_random.KeyedRandom` keyed by row, or a
+    ``torch.Generator``), so equal sources give equal outputs.
     """
 
     def __init__(self, vocab_size: int, mask_token_id: int, special_token_ids: Iterable[int],
@@ -41,32 +46,36 @@ class MLMMasker:
         """Masker for ``tokenizer``'s vocabulary, ``[MASK]`` and special tokens."""
         return cls(len(tokenizer), tokenizer.mask_token_id, tokenizer.all_special_ids, **kwargs)
 
+    def count_per_row(self, mask_prob: float, seq_length: int) -> int | None:
+        """Selections per row in exact-count mode (None: random count)."""
+        return round(mask_prob * seq_length) if self.exact_count else None
+
     def _select(self, maskable: torch.Tensor, mask_prob: float,
-                generator: torch.Generator) -> torch.Tensor:
-        scores = torch.rand(maskable.shape, generator=generator, device=generator.device)
-        scores = scores.to(maskable.device)
+                random: RandomSource) -> torch.Tensor:
+        scores = random.uniform(tuple(maskable.shape)).to(maskable.device)
         if not self.exact_count:
             return maskable & (scores < mask_prob)
         # the k lowest-scoring maskable positions per row; unmaskable ones score last
         scores = scores.masked_fill(~maskable, 2.0)
-        counts = torch.round(maskable.sum(dim=1) * mask_prob).long()
-        ranks = scores.argsort(dim=1).argsort(dim=1)
-        return ranks < counts[:, None]
+        count = self.count_per_row(mask_prob, maskable.shape[1])
+        ranks = scores.argsort(dim=1, stable=True).argsort(dim=1)
+        return (ranks < count) & maskable
 
     def __call__(self, input_ids: torch.Tensor, mask_prob: float,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                 random: RandomSource | torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Corrupted ``input_ids`` and ``labels`` (-100 except at selected positions)."""
+        random = as_random(random)
         device = input_ids.device
+        shape = tuple(input_ids.shape)
         maskable = ~torch.isin(input_ids, self.special_ids.to(device))
-        selected = self._select(maskable, mask_prob, generator)
+        selected = self._select(maskable, mask_prob, random)
         labels = torch.where(selected, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
 
-        kind = torch.rand(input_ids.shape, generator=generator, device=generator.device).to(device)
+        kind = random.uniform(shape).to(device)
         use_mask = selected & (kind < self.mask_token_prob)
         use_random = selected & ~use_mask & (kind < self.mask_token_prob + self.random_token_prob)
-        pick = torch.randint(len(self.random_candidates), input_ids.shape, generator=generator,
-                             device=generator.device)
-        random_tokens = self.random_candidates.to(generator.device)[pick].to(device)
+        pick = random.randint(len(self.random_candidates), shape)
+        random_tokens = self.random_candidates[pick].to(device)
 
         masked = input_ids.masked_fill(use_mask, self.mask_token_id)
         masked = torch.where(use_random, random_tokens.to(input_ids.dtype), masked)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -25,9 +26,17 @@ class Microbatch:
 
 
 class Objective(Protocol):
-    def microbatch(self, rows: dict[str, torch.Tensor], progress: float,
-                   index: int) -> Microbatch:
-        """Build microbatch number ``index`` (global, resumable) at budget ``progress``."""
+    def microbatch(self, rows: dict[str, torch.Tensor], progress: float, index: int,
+                   stream: int = 0) -> Microbatch:
+        """Build microbatch number ``index`` of data stream ``stream`` at budget ``progress``.
+
+        ``rows["keys"]`` (when present) identifies each row's draw; random choices are keyed
+        by (seed, stream, key), so a row's microbatch never depends on its neighbours.
+        """
+        ...
+
+    def schedule_key(self, progress: float) -> Hashable:
+        """Everything of ``progress`` that changes a microbatch (equal keys: equal output)."""
         ...
 
     def log_values(self, progress: float) -> dict[str, float]:

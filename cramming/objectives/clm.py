@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+
 import torch
 
 from cramming.config.schema import PretrainConfig, TrainConfig
@@ -22,8 +24,8 @@ class CausalLanguageModeling:
         """The CLM objective for ``cfg`` (document masks split rows at ``[SEP]``)."""
         return cls(cfg.train, ModelArguments(cfg, tokenizer.sep_token_id))
 
-    def microbatch(self, rows: dict[str, torch.Tensor], progress: float,
-                   index: int) -> Microbatch:
+    def microbatch(self, rows: dict[str, torch.Tensor], progress: float, index: int,
+                   stream: int = 0) -> Microbatch:
         """Next-token targets for the rows (deterministic: no randomness involved)."""
         input_ids = rows["input_ids"]
         labels = shift_left(input_ids)
@@ -32,6 +34,14 @@ class CausalLanguageModeling:
             weight = token_weight(labels, input_ids.shape[0] * (input_ids.shape[1] - 1))
         return Microbatch(input_ids, labels, rows["example_ids"], kind=self.kind,
                           loss_weight=weight, model_kwargs=self.model_args(input_ids, True))
+
+    def schedule_key(self, progress: float) -> Hashable:
+        """Progress changes nothing in CLM."""
+        return None
+
+    def static_decode_fraction(self, seq_length: int) -> float | None:
+        """CLM predicts every position: no sparse decoding."""
+        return None
 
     def log_values(self, progress: float) -> dict[str, float]:
         """Nothing is scheduled in CLM."""

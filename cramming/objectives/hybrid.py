@@ -15,6 +15,7 @@ with the same expected gradient ``r * E[g_mntp] + (1 - r) * E[g_clm]``:
 from __future__ import annotations
 
 import os
+from collections.abc import Hashable
 
 import torch
 
@@ -98,10 +99,18 @@ class HybridObjective:
         """Which objective builds microbatch ``index`` on this rank."""
         return self.rank_kind or kind_for_microbatch(index, self.ratio)
 
-    def microbatch(self, rows: dict[str, torch.Tensor], progress: float,
-                   index: int) -> Microbatch:
+    def microbatch(self, rows: dict[str, torch.Tensor], progress: float, index: int,
+                   stream: int = 0) -> Microbatch:
         """Microbatch ``index`` from the MNTP or the CLM objective (see :meth:`kind_at`)."""
-        return self.parts[self.kind_at(index)].microbatch(rows, progress, index)
+        return self.parts[self.kind_at(index)].microbatch(rows, progress, index, stream)
+
+    def schedule_key(self, progress: float) -> Hashable:
+        """The MNTP part's key (CLM has none)."""
+        return self.parts["mlm"].schedule_key(progress)
+
+    def static_decode_fraction(self, seq_length: int) -> float | None:
+        """None: CLM microbatches decode every position."""
+        return None
 
     def log_values(self, progress: float) -> dict[str, float]:
         """The MNTP masking rate and share."""

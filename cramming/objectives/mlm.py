@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+
 import torch
 
-from cramming.backend.schedules import mask_prob_at
 from cramming.config.schema import PretrainConfig, TrainConfig
 from cramming.data import MLMMasker
+from cramming.data.keyed_random import KeyedRandom, RandomSource
 from cramming.objectives.base import Microbatch
 from cramming.objectives.common import ModelArguments, shift_left, token_weight
 from cramming.objectives.span import SpanMasker
+from cramming.schedules import mask_prob_at
 
 
 def masking_generator(seed: int, microbatch_index: int) -> torch.Generator:
-    """Masks are a pure function of (seed, microbatch index): exact on resume."""
+    """A generator seeded by (seed, index), for rows that carry no draw keys (tools)."""
     return torch.Generator().manual_seed(seed * 1_000_003 + microbatch_index)
+
+
+def row_random(rows: dict[str, torch.Tensor], seed: int, stream: int,
+               index: int) -> RandomSource | torch.Generator:
+    """Randomness keyed by each row's draw key; rows without keys fall back to the index."""
+    if "keys" in rows:
+        return KeyedRandom(seed, stream, rows["keys"].numpy())
+    return masking_generator(seed, index)
 
 
 def build_masker(tokenizer, train: TrainConfig) -> MLMMasker:
@@ -51,12 +62,12 @@ class MaskedLanguageModeling:
         return cls(build_masker(tokenizer, cfg.train), cfg.train, cfg.seed, next_token,
                    model_args, causal)
 
-    def microbatch(self, rows: dict[str, torch.Tensor], progress: float,
-                   index: int) -> Microbatch:
-        """Masked microbatch number ``index``: masks depend only on (seed, index)."""
-        generator = masking_generator(self.seed, index)
+    def microbatch(self, rows: dict[str, torch.Tensor], progress: float, index: int,
+                   stream: int = 0) -> Microbatch:
+        """Masked microbatch: each row's mask depends only on (seed, stream, row key)."""
         mask_prob = mask_prob_at(progress, self.train)
-        input_ids, labels = self.masker(rows["input_ids"], mask_prob, generator)
+        input_ids, labels = self.masker(rows["input_ids"], mask_prob,
+                                        row_random(rows, self.seed, stream, index))
         if self.next_token:
             labels = shift_left(labels)
         weight = 1.0
@@ -65,6 +76,19 @@ class MaskedLanguageModeling:
         kwargs = self.model_args(input_ids, self.causal) if self.model_args else {}
         return Microbatch(input_ids, labels, rows["example_ids"], kind=self.kind,
                           loss_weight=weight, model_kwargs=kwargs)
+
+    def schedule_key(self, progress: float) -> Hashable:
+        """The masking rate in force (all that progress changes here)."""
+        return mask_prob_at(progress, self.train)
+
+    def static_decode_fraction(self, seq_length: int) -> float | None:
+        """Predicted positions per row / ``seq_length`` when every row has the same count
+        (exact-count masking, the run's highest rate); None when the count varies."""
+        rates = [mask_prob_at(p, self.train) for p in (0.0, 1.0)]
+        count = self.masker.count_per_row(max(rates), seq_length)
+        if count is None or self.masker.__class__ is not MLMMasker:
+            return None
+        return count / seq_length
 
     def log_values(self, progress: float) -> dict[str, float]:
         """The current masking rate."""

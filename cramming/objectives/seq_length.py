@@ -8,6 +8,8 @@ and hence per optimizer step, stay constant while attention gets cheaper.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+
 import torch
 
 from cramming.objectives.base import Microbatch, Objective
@@ -24,14 +26,21 @@ def seq_length_at(progress: float, schedule: list | None, full_length: int) -> i
     return length
 
 
+PIECE_KEY_STRIDE = 1 << 16  # a cut row's draw key: row key * stride + piece number
+
+
 def cut_rows(rows: dict[str, torch.Tensor], length: int) -> dict[str, torch.Tensor]:
     """Split every row into consecutive pieces of ``length`` (example ids repeated)."""
     input_ids = rows["input_ids"]
     pieces = input_ids.shape[1] // length
     if pieces <= 1:
         return rows
-    return {"input_ids": input_ids.reshape(-1, length),
-            "example_ids": rows["example_ids"].repeat_interleave(pieces)}
+    cut = {"input_ids": input_ids.reshape(-1, length),
+           "example_ids": rows["example_ids"].repeat_interleave(pieces)}
+    if "keys" in rows:
+        piece = torch.arange(pieces).repeat(input_ids.shape[0])
+        cut["keys"] = rows["keys"].repeat_interleave(pieces) * PIECE_KEY_STRIDE + piece
+    return cut
 
 
 class SequenceLengthSchedule:
@@ -40,11 +49,21 @@ class SequenceLengthSchedule:
     def __init__(self, objective: Objective, schedule: list):
         self.objective, self.schedule = objective, schedule
 
-    def microbatch(self, rows: dict[str, torch.Tensor], progress: float,
-                   index: int) -> Microbatch:
+    def microbatch(self, rows: dict[str, torch.Tensor], progress: float, index: int,
+                   stream: int = 0) -> Microbatch:
         """The inner objective's microbatch on rows cut to the length in force."""
         length = seq_length_at(progress, self.schedule, rows["input_ids"].shape[1])
-        return self.objective.microbatch(cut_rows(rows, length), progress, index)
+        return self.objective.microbatch(cut_rows(rows, length), progress, index, stream)
+
+    def schedule_key(self, progress: float) -> Hashable:
+        """The inner key and the length in force."""
+        full = int(self.schedule[-1][1])
+        return (self.objective.schedule_key(progress),
+                seq_length_at(progress, self.schedule, full))
+
+    def static_decode_fraction(self, seq_length: int) -> float | None:
+        """None: the row length changes over the run."""
+        return None
 
     def log_values(self, progress: float) -> dict[str, float]:
         """The inner objective's values plus the scheduled length (the last if it is full)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from cramming.data.keyed_random import RandomSource
 from cramming.data.masking import MLMMasker
 
 
@@ -23,13 +24,11 @@ class SpanMasker(MLMMasker):
         self.max_span = max_span
 
     def _select(self, maskable: torch.Tensor, mask_prob: float,
-                generator: torch.Generator) -> torch.Tensor:
-        shape = maskable.shape
+                random: RandomSource) -> torch.Tensor:
+        shape = tuple(maskable.shape)
         mean_span = (self.max_span + 1) / 2
-        starts = torch.rand(shape, generator=generator, device=generator.device)
-        starts = (starts < mask_prob / mean_span).to(maskable.device)
-        lengths = torch.randint(1, self.max_span + 1, shape, generator=generator,
-                                device=generator.device).to(maskable.device)
+        starts = (random.uniform(shape) < mask_prob / mean_span).to(maskable.device)
+        lengths = (random.randint(self.max_span, shape) + 1).to(maskable.device)
         selected = torch.zeros_like(maskable)
         for offset in range(self.max_span):
             covers = starts & (lengths > offset)

@@ -3,7 +3,10 @@
 Every schedule is a function of ``clock.progress()``, whichever clock it is. A clock is
 charged after each microbatch (the unit of work) and after each optimizer step; its
 state is saved in checkpoints so a resumed run continues the same clock. Other clocks
-(e.g. reference system time) implement the same small interface.
+(e.g. reference system time, :mod:`rst`) subclass :class:`Clock`; which clock counts a
+run's ``budget_kind`` is chosen in :mod:`cramming.budget`.
+
+A leaf module: it imports nothing of the project, so any package may build on it.
 """
 
 from __future__ import annotations
@@ -12,12 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from cramming.errors import ConfigError
-
 if TYPE_CHECKING:
     from torch import nn
-
-    from cramming.config.schema import PretrainConfig
 
 
 @dataclass
@@ -42,26 +41,37 @@ class BudgetClock(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
-class _Clock:
-    """Shared bookkeeping: progress and exhaustion from ``spent`` and ``total``."""
+class Clock:
+    """Base of the clocks: progress and exhaustion from ``spent`` and ``total``."""
 
     unit = ""
     total: float
+    # Whether the budget can run out in the middle of an optimizer step (time passes while
+    # microbatches run); clocks that count work only move when work is charged.
+    may_stop_mid_step = False
+
+    def spent(self) -> float:
+        """Budget spent so far, in ``unit`` (each clock counts its own)."""
+        raise NotImplementedError
 
     def progress(self) -> float:
+        """Fraction of the budget spent, capped at 1."""
         return min(self.spent() / self.total, 1.0)
 
     def exhausted(self) -> bool:
+        """Whether the whole budget is spent."""
         return self.spent() >= self.total
 
     def remaining_text(self) -> str:
+        """What is left, for logs: e.g. ``0.5 h left``."""
         return f"{max(self.total - self.spent(), 0):.4g} {self.unit} left"
 
 
-class WallClock(_Clock):
+class WallClock(Clock):
     """Wall-clock hours; time before a crash counts, so resume continues the budget."""
 
     unit = "h"
+    may_stop_mid_step = True
 
     def __init__(self, hours: float):
         self.total = hours
@@ -90,7 +100,7 @@ class WallClock(_Clock):
             self._started_at = time.perf_counter()
 
 
-class CounterClock(_Clock):
+class CounterClock(Clock):
     """Counts optimizer steps or training tokens."""
 
     def __init__(self, total: float, unit: str):
@@ -127,24 +137,3 @@ def active_layers(model: nn.Module) -> int | None:
     """
     return getattr(getattr(model, "layers", None), "last_active", None)
 
-
-def build_clock(kind: str, budget: float, cfg: PretrainConfig | None = None,
-                model: nn.Module | None = None) -> _Clock:
-    """Clock for ``budget_kind`` (hours | steps | tokens | rst).
-
-    ``rst`` needs ``cfg`` (arch, sequence length, microbatch, optimizer, ``cfg.rst``) and
-    reads the vocabulary size from ``model`` to find its table (see :mod:`rst`).
-    """
-    if budget <= 0:
-        raise ConfigError(f"budget={budget} must be > 0 ({kind}).")
-    if kind == "hours":
-        return WallClock(budget)
-    if kind in ("steps", "tokens"):
-        return CounterClock(budget, kind)
-    if kind == "rst":
-        if cfg is None:
-            raise ConfigError("budget_kind=rst needs the run's config to find its RST table.")
-        from rst import RSTClock
-
-        return RSTClock.from_config(cfg, getattr(model, "vocab_size", None))
-    raise ConfigError(f"Unknown budget_kind={kind!r}. Allowed values: hours, steps, tokens, rst")
