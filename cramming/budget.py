@@ -1,13 +1,17 @@
 """Budget kinds: which clock counts a run's ``budget_kind``, and whether that kind can run.
 
-Hours, steps and tokens are counted by the clocks of :mod:`cramming.clock`. Reference
-system time is counted by :mod:`rst`, which builds on :mod:`cramming.clock`; this module
-is the one place that reaches it, and only when a run asks for ``budget_kind=rst`` (the
-imports are inside the functions, so importing cramming never imports rst).
+Hours, steps and tokens are counted by the clocks of :mod:`cramming.clock`. Other kinds are
+plugins that register here: the reference-system-time clock of :mod:`rst` registers
+``rst`` when it is imported, and installed packages announce theirs through the
+``cramming.budget_kinds`` entry point (``pyproject.toml``), so cramming finds them without
+importing them by name: plugins depend on cramming, never the reverse.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cramming.clock import Clock, CounterClock, WallClock
@@ -18,26 +22,65 @@ if TYPE_CHECKING:
 
     from cramming.config.schema import PretrainConfig
 
+ENTRY_POINT_GROUP = "cramming.budget_kinds"
+BUILTIN_KINDS = ("hours", "steps", "tokens")
+
+
+@dataclass(frozen=True)
+class BudgetKind:
+    """A plugin budget kind: ``build(cfg, model, budget)`` makes its clock; ``check(cfg)``
+    raises ConfigError at config load when a run of this kind cannot start."""
+
+    build: Callable[[PretrainConfig, nn.Module | None, float], Clock]
+    check: Callable[[PretrainConfig], None] | None = None
+
+
+_PLUGINS: dict[str, BudgetKind] = {}
+
+
+def register_budget_kind(name: str, kind: BudgetKind) -> None:
+    """Make ``budget_kind=name`` available (called by the plugin's module on import)."""
+    if name in BUILTIN_KINDS:
+        raise ValueError(f"budget kind {name!r} is built in")
+    _PLUGINS[name] = kind
+
+
+def _plugin(name: str) -> BudgetKind | None:
+    if name not in _PLUGINS:
+        for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP, name=name):
+            entry.load()  # the module registers its kind on import
+    return _PLUGINS.get(name)
+
+
+def budget_kinds() -> list[str]:
+    """Every budget kind this installation offers."""
+    announced = {entry.name for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    return [*BUILTIN_KINDS, *sorted(set(_PLUGINS) | announced)]
+
+
+def _unknown(name: str) -> ConfigError:
+    return ConfigError(f"Unknown budget_kind={name!r}. Allowed values: "
+                       f"{', '.join(budget_kinds())} (plugin kinds come from installed packages: "
+                       f"`pip install -e .` registers rst).")
+
 
 def check_budget(cfg: PretrainConfig) -> None:
-    """Fail at config load (ConfigError) when ``cfg.budget_kind`` cannot run.
-
-    ``rst`` needs a timing table for the run's device, arch, sequence length and
-    microbatch (see :func:`rst.table.find_table`).
-    """
-    if cfg.budget_kind == "rst":
-        from rst.table import find_table
-
-        find_table(cfg.rst.device, cfg.arch, cfg.data.seq_length, cfg.impl.microbatch_size,
-                   cfg.rst.tables_dir, cfg.rst.table)
+    """Fail at config load (ConfigError) when ``cfg.budget_kind`` cannot run."""
+    if cfg.budget_kind in BUILTIN_KINDS:
+        return
+    kind = _plugin(cfg.budget_kind)
+    if kind is None:
+        raise _unknown(cfg.budget_kind)
+    if kind.check is not None:
+        kind.check(cfg)
 
 
 def build_clock(kind: str, budget: float, cfg: PretrainConfig | None = None,
                 model: nn.Module | None = None) -> Clock:
-    """Clock for ``budget_kind`` (hours | steps | tokens | rst).
+    """Clock for ``budget_kind`` (hours | steps | tokens | a plugin kind such as rst).
 
-    ``rst`` needs ``cfg`` (arch, sequence length, microbatch, optimizer, ``cfg.rst``) and
-    reads the vocabulary size from ``model`` to find its table (see :mod:`rst`).
+    Plugin kinds need ``cfg`` (rst: arch, sequence length, microbatch, optimizer,
+    ``cfg.rst``) and may read the model (rst: its vocabulary size).
     """
     if budget <= 0:
         raise ConfigError(f"budget={budget} must be > 0 ({kind}).")
@@ -45,10 +88,9 @@ def build_clock(kind: str, budget: float, cfg: PretrainConfig | None = None,
         return WallClock(budget)
     if kind in ("steps", "tokens"):
         return CounterClock(budget, kind)
-    if kind == "rst":
-        if cfg is None:
-            raise ConfigError("budget_kind=rst needs the run's config to find its RST table.")
-        from rst.clock import RSTClock
-
-        return RSTClock.from_config(cfg, getattr(model, "vocab_size", None))
-    raise ConfigError(f"Unknown budget_kind={kind!r}. Allowed values: hours, steps, tokens, rst")
+    plugin = _plugin(kind)
+    if plugin is None:
+        raise _unknown(kind)
+    if cfg is None:
+        raise ConfigError(f"budget_kind={kind} needs the run's config to build its clock.")
+    return plugin.build(cfg, model, budget)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from cramming.budget import BudgetKind, register_budget_kind
 from cramming.clock import Clock, Work
 from cramming.config.schema import PretrainConfig
 from rst.table import RSTTable, find_table
@@ -97,3 +98,15 @@ class RSTClock(Clock):
         self._wall_before = float(state["wall_seconds"])
         if self._started_at is not None:
             self._started_at = time.perf_counter()
+
+
+def _check(cfg: PretrainConfig) -> None:
+    find_table(cfg.rst.device, cfg.arch, cfg.data.seq_length, cfg.impl.microbatch_size,
+               cfg.rst.tables_dir, cfg.rst.table)
+
+
+def _build(cfg: PretrainConfig, model, budget: float) -> RSTClock:
+    return RSTClock.from_config(cfg, getattr(model, "vocab_size", None))
+
+
+register_budget_kind("rst", BudgetKind(build=_build, check=_check))
