@@ -46,8 +46,27 @@ def pretrain_main(raw_cfg: DictConfig) -> dict:
 
     try:
         return exit_on_error(run_pretraining, cfg, hydra_output_dir())
+    except KeyboardInterrupt:  # Ctrl-C: the engine has written a checkpoint unless pressed twice
+        print("interrupted (Ctrl-C); continue with resume=true", file=sys.stderr)
+        sys.exit(130)
     finally:
         cleanup_distributed()
+
+
+def check_command_line(arguments: list[str]) -> None:
+    """Pretraining overrides: known keys, and a writable ``base_dir`` with free space."""
+    from omegaconf import OmegaConf
+
+    from cramming.config import CONFIG_DIR, check_override_keys
+    from cramming.config.checks import check_writable_dir
+    from cramming.config.schema import PretrainConfig
+
+    check_override_keys(arguments, PretrainConfig)
+    given = [arg.split("=", 1)[1] for arg in arguments
+             if arg.lstrip("+").startswith("base_dir=")]
+    base_dir = given[-1] if given else OmegaConf.load(CONFIG_DIR / "pretrain.yaml").base_dir
+    if "," not in str(base_dir) and "${" not in str(base_dir):  # not a sweep or interpolation
+        check_writable_dir(str(base_dir), "base_dir")
 
 
 def launch_pretraining(preset: dict[str, str] | None = None) -> None:
@@ -63,6 +82,11 @@ def launch_pretraining(preset: dict[str, str] | None = None) -> None:
     register_resolvers()
     script = Path(sys.argv[0]).stem
     arguments = sys.argv[1:]
+    try:  # before Hydra, which reports unknown keys without the allowed ones and creates
+        check_command_line(arguments)  # the run folder under base_dir first
+    except CrammingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     additions = [f"{key}={value}" for key, value in (preset or {}).items()
                  if not any(arg.lstrip("+~").startswith(f"{key}=") for arg in arguments)]
     if not any(arg.startswith("hydra.job.name=") for arg in arguments):

@@ -19,3 +19,7 @@ class CheckpointError(CrammingError):
 
 class TrainingError(CrammingError):
     """Training cannot continue (e.g. a non-finite loss)."""
+
+
+class RunInUseError(CrammingError):
+    """Another live process is running in the same run folder."""

@@ -20,11 +20,16 @@ from omegaconf import OmegaConf
 
 from cramming.architectures import build_model
 from cramming.backend.checkpoint import latest_checkpoint, save_model_folder
-from cramming.backend.distributed import DistributedContext, init_distributed
+from cramming.backend.distributed import (
+    DistributedContext,
+    init_distributed,
+    release_distributed,
+)
 from cramming.backend.ema import EMAHook
 from cramming.backend.engine import Trainer
 from cramming.backend.hooks import TrainingHook
 from cramming.backend.metrics import MetricsLogger, append_jsonl, plot_loss_curve
+from cramming.backend.runlock import RunLock
 from cramming.backend.runtime import (
     Runtime,
     describe_machine,
@@ -33,9 +38,10 @@ from cramming.backend.runtime import (
     write_git_info,
 )
 from cramming.backend.validation import evaluate_objective
+from cramming.config.checks import check_writable_dir
 from cramming.config.schema import PretrainConfig
 from cramming.data import MLMMasker, PreparedData, prepare_data
-from cramming.errors import CheckpointError
+from cramming.errors import CheckpointError, RunInUseError
 from cramming.objectives import build_objective
 from efficient_training import build_hooks
 
@@ -69,6 +75,7 @@ class PretrainingRun:
     logger: MetricsLogger | None
     ema: EMAHook | None
     resolved: dict
+    lock: RunLock | None = None  # rank 0's hold of the run folder, released after the run
 
 
 def run_pretraining(cfg: PretrainConfig, run_dir: Path,
@@ -79,9 +86,20 @@ def run_pretraining(cfg: PretrainConfig, run_dir: Path,
     from it exactly (weights, optimizer, data cursor, RNG, budget clock). Under torchrun
     or SLURM every process calls this; rank 0 alone writes files.
     """
-    run = set_up(cfg, run_dir, hooks)
-    if isinstance(run, dict):  # the run had already finished
-        return run
+    run = None
+    try:
+        run = set_up(cfg, run_dir, hooks)
+        if isinstance(run, dict):  # the run had already finished
+            return run
+        return _train_and_export(run)
+    finally:
+        if isinstance(run, PretrainingRun) and run.lock is not None:
+            run.lock.release()
+        release_distributed()  # a rank that exits with the group alive can abort
+
+
+def _train_and_export(run: PretrainingRun) -> dict:
+    cfg = run.cfg
     started = time.time()
     final = train(run)
     summary = {"name": cfg.name, "run_dir": str(run.run_dir), "steps": run.trainer.step,
@@ -106,6 +124,7 @@ def set_up(cfg: PretrainConfig, run_dir: Path,
     context = init_distributed(runtime.device.type)
     if context.enabled and runtime.device.type == "cuda":
         runtime = dataclasses.replace(runtime, device=torch.device("cuda", context.local_rank))
+    check_writable_dir(cfg.base_dir)  # data cache (and runs): writable, with room
     own_dir = Path(run_dir).resolve()
     run_dir = Path(context.broadcast_object(str(own_dir)))
     if not context.is_main:
@@ -113,6 +132,37 @@ def set_up(cfg: PretrainConfig, run_dir: Path,
         _remove_launcher_leftovers(own_dir, run_dir)
     if context.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+    lock = _lock_run_folder(run_dir, context)
+    try:
+        run = _build_run(cfg, run_dir, hooks, runtime, context)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    if isinstance(run, dict):
+        if lock is not None:
+            lock.release()
+    else:
+        run.lock = lock
+    return run
+
+
+def _lock_run_folder(run_dir: Path, context: DistributedContext) -> RunLock | None:
+    """Rank 0 locks the run folder; every rank raises the same one-line error if taken."""
+    lock, refusal = None, None
+    if context.is_main:
+        try:
+            lock = RunLock.acquire(run_dir)
+        except RunInUseError as error:
+            refusal = str(error)
+    refusal = context.broadcast_object(refusal)
+    if refusal is not None:
+        raise RunInUseError(refusal)
+    return lock
+
+
+def _build_run(cfg: PretrainConfig, run_dir: Path, hooks: Sequence[TrainingHook],
+               runtime: Runtime, context: DistributedContext) -> PretrainingRun | dict:
     resume = str(cfg.resume).lower()
     if resume != "false" and (run_dir / "model" / "arch.json").is_file():
         log.info("Run %s already finished; its model is in %s", run_dir, run_dir / "model")

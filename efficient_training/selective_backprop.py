@@ -10,6 +10,7 @@ budget clock as forward-only work.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -75,12 +76,13 @@ class SelectiveBackpropHook(TrainingHook):
         record["selected_fraction"] = self.selected / max(self.scored, 1)
 
     def state_dict(self) -> dict:
+        """Plain values and tensors only (the pool's microbatches as dicts)."""
         return {"history": list(self.history), "generator": self.generator.get_state(),
-                "pool": self.pool,
+                "pool": [dataclasses.asdict(batch) for batch in self.pool],
                 "scored": self.scored, "selected": self.selected}
 
     def load_state_dict(self, state: dict) -> None:
         self.history = deque(state["history"], maxlen=self.cfg.history)
         self.generator.set_state(state["generator"])
-        self.pool = list(state["pool"])
+        self.pool = [Microbatch(**batch) for batch in state["pool"]]
         self.scored, self.selected = int(state["scored"]), int(state["selected"])

@@ -12,8 +12,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def shared_data_dir() -> Path | None:
     """``$CRAMMING_SHARED_DATA`` or ``<repo>/../shared/data`` (see its MANIFEST.md)."""
-    candidates = [os.environ.get("CRAMMING_SHARED_DATA"), REPO_ROOT.parent / "shared" / "data",
-                  "/work/shared/data"]
+    candidates = [os.environ.get("CRAMMING_SHARED_DATA"), REPO_ROOT.parent / "shared" / "data"]
     for candidate in candidates:
         if candidate and (Path(candidate) / "MANIFEST.md").is_file():
             return Path(candidate)
@@ -22,9 +21,14 @@ def shared_data_dir() -> Path | None:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
+    """The shared data folder; missing, its tests skip locally and fail under CI."""
     path = shared_data_dir()
     if path is None:
-        pytest.skip("shared data not found: set CRAMMING_SHARED_DATA to its folder (MANIFEST.md)")
+        message = ("shared data not found: set CRAMMING_SHARED_DATA to its folder (MANIFEST.md) "
+                   "or place it at <repo>/../shared/data")
+        if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
+            pytest.fail(f"{message} (CI is set: missing data is a failure)", pytrace=False)
+        pytest.skip(message)
     return path
 
 

@@ -71,6 +71,14 @@ def test_wall_clock_budget_stops(tiny_overrides, tmp_path):
                                      "train.validate_at_end=false"), tmp_path)
     assert summary["budget_spent"] >= 0.001
     assert summary["steps"] >= 1
+    # It stops at the first step that spends the budget: no step after it, and no more than
+    # that step (plus the stop itself) past the 3.6 s budget.
+    records = read_jsonl(tmp_path / "metrics.jsonl")
+    assert len(records) == summary["steps"]
+    assert records[-1]["progress"] == pytest.approx(1.0)
+    assert all(r["progress"] < 1.0 for r in records[:-1])
+    overshoot = summary["budget_spent"] * 3600 - 3.6
+    assert overshoot <= records[-1]["step_seconds"] + 2.0, overshoot
 
 
 def test_resume_reproduces_the_uninterrupted_loss_sequence(tiny_overrides, tmp_path):

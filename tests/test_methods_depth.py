@@ -136,8 +136,14 @@ def test_layer_drop_rescales_kept_layers():
 
 
 def test_layer_drop_trains_and_logs_theta(tiny_overrides, tmp_path):
-    run_pretraining(config(tiny_overrides, "method=layer_drop", "budget=4",
-                           "train.validate_at_end=false"), tmp_path)
+    cfg = config(tiny_overrides, "method=layer_drop", "budget=4", "train.validate_at_end=false")
+    run_pretraining(cfg, tmp_path)
     records = read_jsonl(tmp_path / "metrics.jsonl")
-    assert [r["theta"] for r in records] == sorted((r["theta"] for r in records), reverse=True)
-    assert all(0 <= r["active_layers"] <= 2 for r in records)
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    # theta of the budget spent after each step, on the configured schedule (decaying)
+    expected = [theta(step / 4, cfg.method.layer_drop) for step in (1, 2, 3, 4)]
+    assert [r["theta"] for r in records] == pytest.approx(expected)
+    assert expected[0] < 1 and expected == sorted(expected, reverse=True)
+    # the first step runs at progress 0, where theta = 1 keeps every layer
+    assert records[0]["active_layers"] == 2
+    assert all(r["active_layers"] in (0, 1, 2) for r in records)

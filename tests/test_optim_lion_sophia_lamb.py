@@ -1,10 +1,14 @@
 """Lion, Sophia-G and LAMB against their papers' formulas; decay groups; tiny runs."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from cramming.architectures import IGNORE_INDEX, build_model
+from cramming.backend.checkpoint import latest_checkpoint, load_checkpoint
+from cramming.backend.metrics import read_jsonl
 from cramming.backend.optim import Lamb, Lion, SophiaG
 from cramming.backend.optimizers import build_optimizer
 from cramming.config import compose, load_pretrain_config
@@ -134,4 +138,15 @@ def test_each_optimizer_trains_through_the_engine(tiny_overrides, tmp_path, opti
     summary = run_pretraining(config(tiny_overrides, f"train/optim={optim}", "budget=3",
                                      "train.validate_at_end=false"), tmp_path)
     assert summary["steps"] == 3 and summary["optimizer"] == optim
-    assert 0 < summary["final_loss"] < 20
+    records = read_jsonl(tmp_path / "metrics.jsonl")
+    assert summary["final_loss"] == pytest.approx(records[-1]["loss"])
+    assert abs(records[0]["loss"] - math.log(2000)) < 0.3  # untrained: about uniform
+    assert summary["final_loss"] < records[0]["loss"]
+    # The engine stepped this optimizer (its own buffers, for every parameter) and saved it.
+    state = load_checkpoint(latest_checkpoint(tmp_path), None)["optimizer"]
+    buffers = {"lion": {"exp_avg"}, "sophiag": {"exp_avg", "hessian"},
+               "lamb": {"exp_avg", "exp_avg_sq", "step"}}[optim]
+    assert state["state"] and all(set(s) == buffers for s in state["state"].values())
+    assert any(s["exp_avg"].abs().sum() > 0 for s in state["state"].values())
+    if optim == "lamb":
+        assert all(float(s["step"]) == 3 for s in state["state"].values())

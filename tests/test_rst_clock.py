@@ -167,7 +167,7 @@ def test_resume_continues_the_same_rst_clock(tiny_overrides, tmp_path):
     run_pretraining(config(common), tmp_path / "straight", hooks=[straight])
     with pytest.raises(KeyboardInterrupt):
         run_pretraining(config(common), tmp_path / "crashed", hooks=[CrashAt()])
-    state = torch.load(latest_checkpoint(tmp_path / "crashed") / "state.pt", weights_only=False)
+    state = torch.load(latest_checkpoint(tmp_path / "crashed") / "state.pt", weights_only=True)
     assert state["clock"]["charged"]["train"] == pytest.approx(2 * 2 * TRAIN[2])
     assert state["clock"]["table"].startswith("testdev/")
     resumed = Capture()

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from cramming.backend.checkpoint import atomic_folder
+from cramming.backend.checkpoint import MANIFEST, atomic_folder
 from cramming.backend.distributed import DistributedContext
 from cramming.backend.optimizers import build_optimizer, parameter_groups
 from cramming.backend.runtime import Runtime
@@ -37,6 +37,40 @@ log = logging.getLogger(__name__)
 
 SHARDS_FOLDER = "deepspeed"
 SHARDS_TAG = "state"
+
+
+# DeepSpeed reads its files with torch.load(weights_only=False) (its checkpoint engine, the
+# universal-checkpoint loader, ds_to_universal). So before any of them sees a file: resume
+# has checked the whole checkpoint against our manifest (sha256 of every file we wrote, so
+# nothing damaged), and check_pickles() opens every pickle with weights_only=True (mmap: no
+# tensor data is read), allowing only the plain DeepSpeed types below. A file needing
+# anything else is refused; the same bytes can then reach no other code when DeepSpeed
+# unpickles them.
+def _deepspeed_safe_types() -> list:
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def check_pickles(folder: Path) -> None:
+    """Load each pickle under ``folder`` with ``weights_only=True`` and the DeepSpeed types
+    above; CheckpointError (one line) naming the first file that needs anything more."""
+    with torch.serialization.safe_globals(_deepspeed_safe_types()):
+        for file in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST):
+            with open(file, "rb") as handle:
+                magic = handle.read(4)
+            if file.suffix != ".pt" and magic != b"PK\x03\x04" and magic[:1] != b"\x80":
+                continue  # text and scripts; DeepSpeed loads only its .pt files
+            try:
+                torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+            except Exception as error:  # noqa: BLE001 - unpickling and zip errors alike
+                reason = next((line.strip() for line in str(error).splitlines()
+                               if "Unsupported" in line), str(error).strip().split("\n")[0])
+                raise CheckpointError(
+                    f"Refusing to hand {file} to DeepSpeed: it does not load with "
+                    f"weights_only=True ({reason[:160]}).") from None
 
 
 def _import_deepspeed(device_type: str):
@@ -167,6 +201,7 @@ class DeepSpeedStrategy(Strategy):
             raise CheckpointError(
                 f"{folder} has no DeepSpeed state ({shards / SHARDS_TAG}): it was written by "
                 f"another backend. Resume it with that backend (impl.distributed=ddp/fsdp).")
+        check_pickles(shards)
         reshard = saved_world_size != self.context.world_size and self.stage > 0
         if reshard:
             if self.context.is_main:
@@ -175,6 +210,7 @@ class DeepSpeedStrategy(Strategy):
                             "format and re-partitioned.", saved_world_size,
                             self.context.world_size)
             shards = universal_checkpoint(shards, self.context)
+            check_pickles(shards)
         config = self.engine._config  # DeepSpeed reads this flag when loading, not before
         config.load_universal_checkpoint, before = reshard, config.load_universal_checkpoint
         try:

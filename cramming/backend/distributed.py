@@ -8,16 +8,20 @@ without any of them is plain single-device training.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
 import subprocess
+import time
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 log = logging.getLogger(__name__)
+
+_created_group = False  # init_distributed created the process group, so it tears it down
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,7 @@ def export_submitit_local_environment() -> None:
 
 def init_distributed(device_type: str) -> DistributedContext:
     """Join the process group the launcher set up (nccl on CUDA, gloo on CPU)."""
+    global _created_group
     export_slurm_environment()
     export_submitit_local_environment()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -105,6 +110,7 @@ def init_distributed(device_type: str) -> DistributedContext:
     if not dist.is_initialized():
         # CPU tensors (step agreement, object collectives) go over gloo, CUDA tensors over NCCL.
         dist.init_process_group(backend="cpu:gloo,cuda:nccl" if device_type == "cuda" else "gloo")
+        _created_group = True
     log.info("Process %d of %d (local rank %d, %s)", rank, world_size, local_rank,
              dist.get_backend())
     return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank)
@@ -211,6 +217,74 @@ def load_full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Opt
     set_optimizer_state_dict(model, optimizer, state, options=_full_state_options())
 
 
+def release_distributed() -> None:
+    """Destroy the process group if :func:`init_distributed` created it (end of a run)."""
+    global _created_group
+    if _created_group:
+        _created_group = False
+        cleanup_distributed()
+
+
 def cleanup_distributed() -> None:
+    """Destroy the process group, then wait until gloo's worker threads are idle.
+
+    Without this a rank can abort at exit (SIGABRT, 'terminate called without an active
+    exception'): a gloo worker frees the last collective's work, whose tensors belong to
+    Python, only just after the main thread moved on; if the interpreter is finalizing by
+    then, taking the GIL ends the thread with ``pthread_exit``, and that unwinding through
+    a noexcept destructor calls ``std::terminate``. Destroying the group does not join
+    those threads while anything (e.g. DDP) still holds the group, hence the wait.
+    """
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    wait_for_idle_gloo_workers()
+
+
+GLOO_WORKER = "pt_gloo_runloop"  # torch's name for ProcessGroupGloo's worker threads
+
+
+def _thread_states(name: str) -> dict[str, tuple[str, str]] | None:
+    """State and CPU ticks of this process's threads called ``name`` (None without /proc)."""
+    states = {}
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/stat") as handle:
+                stat = handle.read()
+        except OSError:
+            continue  # the thread has just ended
+        comm, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:]
+        if comm == name:
+            values = fields.split()
+            states[task] = (values[0], values[11] + "/" + values[12])  # state, utime/stime
+    return states
+
+
+def wait_for_idle_gloo_workers(timeout: float = 5.0, quiet_polls: int = 3) -> bool:
+    """Wait, with the GIL released, until every gloo worker thread sleeps unchanged for
+    ``quiet_polls`` polls in a row; a worker that wants the GIL is woken while the main
+    thread sleeps, so it cannot sleep unchanged. False on timeout (or without /proc)."""
+    deadline, quiet, last = time.monotonic() + timeout, 0, None
+    while time.monotonic() < deadline:
+        states = _thread_states(GLOO_WORKER)
+        if states is None:
+            return False
+        if not states:
+            return True
+        if all(state == "S" for state, _ in states.values()) and states == last:
+            quiet += 1
+            if quiet >= quiet_polls:
+                return True
+        else:
+            quiet = 0
+        last = states
+        time.sleep(0.005)
+    log.warning("gloo worker threads still busy %.0f s after the process group was "
+                "destroyed", timeout)
+    return False
+
+
+atexit.register(cleanup_distributed)  # atexit runs before finalization: the safety net

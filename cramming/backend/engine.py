@@ -18,9 +18,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cramming.backend.checkpoint import (
+    MODEL_WEIGHTS,
+    check_weight_shapes,
     latest_checkpoint,
-    load_checkpoint,
     new_checkpoint_staging,
+    newest_good_checkpoint,
+    read_state,
     save_checkpoint,
 )
 from cramming.backend.distributed import DistributedContext, agree_on_step, mean_across_ranks
@@ -33,6 +36,7 @@ from cramming.budget import build_clock
 from cramming.clock import Work, active_layers
 from cramming.config.schema import PretrainConfig
 from cramming.data import PackedDataset
+from cramming.data.identity import check_resume_data, data_identity
 from cramming.data.keyed_random import TRAIN_STREAM as TRAIN_STREAM_ID
 from cramming.data.keyed_random import stream_id
 from cramming.data.pipeline import DataPipeline, MicrobatchRequest
@@ -43,7 +47,7 @@ from cramming.schedules import batch_size_at, lr_factor
 log = logging.getLogger(__name__)
 
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
 TRAIN_STREAM = "train"
@@ -65,6 +69,8 @@ def _materialize(record: dict) -> dict:
 
 class Trainer:
     """Trains ``model`` on ``train_data`` until the budget clock is spent."""
+
+    resumed_from: Path | None = None  # checkpoint this session resumed from (never pruned)
 
     def __init__(self, cfg: PretrainConfig, model: nn.Module, train_data: PackedDataset,
                  objective: Objective, runtime: Runtime, run_dir: Path,
@@ -103,6 +109,9 @@ class Trainer:
         self.tokens = 0  # global training tokens
         self.progress = 0.0  # budget progress, agreed by all ranks after each step
         self._stop_signal: int | None = None
+        # what the data stream depends on: saved with every checkpoint, checked on resume
+        self.data_identity = data_identity(cfg, getattr(train_data, "digests", {}),
+                                           train_data.seq_length)
 
     # ------------------------------------------------------------------ state
 
@@ -116,9 +125,12 @@ class Trainer:
             "rng": self.context.gather_objects(rng_state()),
             "world_size": self.context.world_size,
             "hooks": {hook.name: hook.state_dict() for hook in self.hooks},
+            "data_identity": dict(self.data_identity),
         }
 
     def load_state_dict(self, state: dict) -> None:
+        check_resume_data(state.get("data_identity"), self.data_identity,
+                          self.cfg.resume_allow_data_change)
         self.step, self.microbatches = state["step"], state["microbatches"]
         self.tokens = state["tokens"]
         self.strategy.load_state_dict(state)
@@ -164,7 +176,8 @@ class Trainer:
         if self.context.is_main:
             folder = save_checkpoint(self.run_dir, self.step, weights, state,
                                      keep=self.cfg.train.keep_checkpoints,
-                                     staging=None if staging is None else Path(staging))
+                                     staging=None if staging is None else Path(staging),
+                                     protect=[self.resumed_from] if self.resumed_from else [])
         self.context.barrier()
         return folder
 
@@ -173,17 +186,33 @@ class Trainer:
         return self.strategy.model_weights()
 
     def resume(self) -> bool:
-        """Continue from the run folder's newest checkpoint; False when there is none."""
-        folder = latest_checkpoint(self.run_dir)
-        if folder is None:
+        """Continue from the newest checkpoint that verifies, falling back past damaged ones
+        (rank 0 checks and picks it for all); False when the run has none."""
+        choice, state = None, None  # choice: ("folder", path) or ("error", message)
+        if self.context.is_main:
+            try:
+                found = newest_good_checkpoint(self.run_dir)
+            except CheckpointError as error:
+                choice = ("error", str(error))
+            else:
+                if found is not None:
+                    choice, state = ("folder", str(found[0])), found[1]
+        choice = self.context.broadcast_object(choice)
+        if choice is None:
             return False
-        state = load_checkpoint(folder, None)
+        if choice[0] == "error":
+            raise CheckpointError(choice[1])
+        folder = Path(choice[1])
+        if state is None:  # other ranks: rank 0 has verified the folder
+            state = read_state(folder)
+        check_weight_shapes(self.model, folder / MODEL_WEIGHTS)
         self.strategy.load_weights(folder, state.get("world_size", 1))
         try:
             self.load_state_dict(state)
         except (KeyError, ValueError, TypeError) as error:
             raise CheckpointError(
                 f"Training state in {folder} does not fit this run: {error}") from None
+        self.resumed_from = folder
         if self.logger is not None:
             self.logger.truncate_after(self.step)
         log.info("Resumed from %s at step %d (%s)", folder, self.step, self.clock.remaining_text())
@@ -320,17 +349,28 @@ class Trainer:
         return records
 
     def _handle_signal(self, signum: int, frame: object) -> None:
-        self._stop_signal = signum
+        if signum == signal.SIGINT:
+            if self._user_interrupts:
+                raise KeyboardInterrupt  # a second Ctrl-C stops at once, without a checkpoint
+            self._user_interrupts += 1
+            if self.context.is_main:
+                log.warning("Ctrl-C: stopping after this step with a checkpoint (Ctrl-C again "
+                            "stops at once, without one).")
+        if self._stop_signal is None:
+            self._stop_signal = signum
 
     def fit(self, max_steps: int | None = None) -> dict:
         """Train until the budget is spent (or ``max_steps``, or a stop signal).
 
-        SIGTERM, SIGUSR1 and SIGUSR2 (SLURM's pre-timeout signal) finish the current step,
-        write a checkpoint and return; a handler that was installed before (submitit's
-        requeue) is then called, so preempted SLURM jobs requeue and resume.
+        SIGINT (Ctrl-C), SIGTERM, SIGUSR1 and SIGUSR2 (SLURM's pre-timeout signal) finish
+        the current step, write a checkpoint and return; a handler that was installed before
+        (submitit's requeue; Python's for Ctrl-C, which raises KeyboardInterrupt) is then
+        called, so preempted SLURM jobs requeue and resume. A second Ctrl-C stops at once.
         """
         cfg = self.cfg
-        previous = {s: signal.signal(s, self._handle_signal) for s in STOP_SIGNALS}
+        self._user_interrupts = 0
+        previous = {s: signal.signal(s, self._handle_signal) for s in STOP_SIGNALS
+                    if signal.getsignal(s) is not signal.SIG_IGN}  # background jobs ignore ^C
         self.clock.start()
         self.progress = self.clock.progress()
         for hook in self.hooks:
@@ -383,10 +423,10 @@ class Trainer:
             self.pipeline.close()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-        if self._stop_signal is not None and callable(previous.get(self._stop_signal)):
-            previous[self._stop_signal](self._stop_signal, None)
         if self.logger is not None and record and self.step % cfg.train.log_every_steps != 0:
             self.logger.log(record)
+        if self._stop_signal is not None and callable(previous.get(self._stop_signal)):
+            previous[self._stop_signal](self._stop_signal, None)
         return record
 
     @property

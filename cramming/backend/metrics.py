@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import stat
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,27 @@ def read_jsonl(path: Path) -> list[dict]:
     return records
 
 
+def replace_text(path: Path, text: str) -> None:
+    """Replace ``path``'s content atomically: write a temporary sibling, fsync, rename."""
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        if path.exists():
+            os.chmod(temporary, stat.S_IMODE(path.stat().st_mode))  # mkstemp makes it 0600
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)  # the rename itself survives a power loss
+    finally:
+        os.close(folder)
+
+
 def append_jsonl(path: Path, record: dict) -> None:
     with open(path, "a") as handle:
         handle.write(json.dumps(record) + "\n")
@@ -44,9 +68,23 @@ class MetricsLogger:
                                      config=config, dir=str(run_dir))
 
     def truncate_after(self, step: int) -> None:
-        """Drop records past ``step`` (written after the checkpoint a resume starts from)."""
-        kept = [r for r in read_jsonl(self.path) if r.get("step", 0) <= step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        """Drop records past ``step`` (written after the checkpoint a resume starts from)
+        and a torn last line; atomic, so a kill at any moment leaves the old or new file."""
+        for leftover in self.path.parent.glob(f".{self.path.name}.*.tmp"):  # a killed rewrite
+            leftover.unlink(missing_ok=True)
+        if not self.path.is_file():
+            return
+        text = self.path.read_text()
+        kept = []
+        for line in text.splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and record.get("step", 0) <= step:
+                kept.append(line + "\n")
+        if "".join(kept) != text:
+            replace_text(self.path, "".join(kept))
 
     def log(self, record: dict[str, Any]) -> None:
         append_jsonl(self.path, record)

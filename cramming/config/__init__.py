@@ -7,7 +7,11 @@ and the allowed values on any unknown key, wrong type or invalid option.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import difflib
+import re
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TypeVar
@@ -79,6 +83,51 @@ def _allowed_keys(schema_node: object) -> str:
     return "(none)"
 
 
+def _closest(key: str, allowed: list[str]) -> str:
+    match = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _nested_schema(schema: type, name: str) -> type | None:
+    """The dataclass type of field ``name`` of ``schema`` (also inside ``X | None``)."""
+    hint = typing.get_type_hints(schema).get(name)
+    for candidate in (hint, *typing.get_args(hint)):
+        if dataclasses.is_dataclass(candidate):
+            return candidate
+    return None
+
+
+def check_override_keys(arguments: list[str], schema: type,
+                        extra_top: tuple[str, ...] = ("hydra",)) -> None:
+    """Refuse a command-line override of a key the schema does not have, in one line.
+
+    ``key=value`` and ``group/option=value`` are checked through the schema's dataclasses,
+    naming the allowed keys at the level that failed and the closest match (Hydra's own
+    message names neither). Additions (``+key=value``) are left to :func:`to_typed`.
+    """
+    for argument in arguments:
+        if argument.startswith(("-", "+")) or "=" not in argument:
+            continue
+        key = argument.split("=", 1)[0].lstrip("~").split("@", 1)[0]
+        parts = [part for part in re.split(r"[./]", key) if part]
+        if not parts or parts[0] in extra_top:
+            continue
+        node: type | None = schema
+        for depth, part in enumerate(parts):
+            names = [f.name for f in dataclasses.fields(node)]
+            if depth == 0:
+                names += list(extra_top)
+            if part not in names:
+                where = ".".join(parts[:depth])
+                level = f"of {where}" if where else "(top level)"
+                raise ConfigError(
+                    f"Unknown config key '{key}'{_closest(part, names)}. Allowed keys "
+                    f"{level}: {', '.join(names)}.")
+            node = _nested_schema(node, part)
+            if node is None:  # a value, dict or list: Hydra and the schema check the rest
+                break
+
+
 def to_typed(cfg: DictConfig | Mapping, schema: type[T], choices: Mapping[str, tuple] = ()) -> T:
     """Validate ``cfg`` against the dataclass ``schema`` and return a typed instance.
 
@@ -91,9 +140,10 @@ def to_typed(cfg: DictConfig | Mapping, schema: type[T], choices: Mapping[str, t
         key = error.full_key or error.key
         parent = ".".join(str(key).split(".")[:-1])
         node = OmegaConf.select(base, parent) if parent else base
+        allowed = [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
         raise ConfigError(
-            f"Unknown config key '{key}'. Allowed keys{' of ' + parent if parent else ''}: "
-            f"{_allowed_keys(node)}"
+            f"Unknown config key '{key}'{_closest(str(key).split('.')[-1], allowed)}. Allowed "
+            f"keys{' of ' + parent if parent else ''}: {_allowed_keys(node)}"
         ) from None
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None) or getattr(error, "key", "?")

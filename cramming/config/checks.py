@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
+
 from cramming.budget import check_budget
 from cramming.config.schema import PretrainConfig
 from cramming.errors import ConfigError
+
+MIN_FREE_BYTES = 100 * 2**20  # base_dir needs room for checkpoints and the data cache
+SEED_LIMIT = 2**32  # numpy.random.seed and torch.manual_seed take 0 <= seed < 2**32
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # data/tokenizer.py
 
 
 def _require(condition: bool, message: str) -> None:
@@ -18,6 +26,15 @@ def check_pretrain_config(cfg: PretrainConfig) -> None:
     _require(cfg.budget > 0, f"budget={cfg.budget} must be > 0 ({cfg.budget_kind}).")
     _require(str(cfg.resume).lower() in ("true", "false", "auto"),
              f"resume={cfg.resume!r}: allowed values are true, false, auto.")
+    _require(0 <= cfg.seed < SEED_LIMIT,
+             f"seed={cfg.seed} is out of range: use 0 <= seed < 2**32 ({SEED_LIMIT}), the "
+             f"range numpy and torch accept.")
+    _require(0 <= data.shuffle_seed < SEED_LIMIT,
+             f"data.shuffle_seed={data.shuffle_seed} is out of range: use 0 <= seed < 2**32.")
+    if data.tokenizer != "pretrained" and data.source != "binary":
+        _require(data.vocab_size > len(SPECIAL_TOKENS),
+                 f"data.vocab_size={data.vocab_size} leaves no room beside the "
+                 f"{len(SPECIAL_TOKENS)} special tokens; typical values: 8192 to 32768.")
     _require(impl.microbatch_size > 0, "impl.microbatch_size must be > 0.")
     _require(impl.data_workers >= 0 and impl.prefetch_microbatches >= 0,
              f"impl.data_workers={impl.data_workers} and impl.prefetch_microbatches="
@@ -42,6 +59,9 @@ def check_pretrain_config(cfg: PretrainConfig) -> None:
     _require(train.optim.lr > 0, f"train.optim.lr={train.optim.lr} must be > 0.")
     _require(len(train.optim.betas) == 2, "train.optim.betas needs two values, e.g. [0.9,0.98].")
     _require(train.log_every_steps >= 1, "train.log_every_steps must be >= 1.")
+    _require(train.keep_checkpoints >= 1,
+             f"train.keep_checkpoints={train.keep_checkpoints} must be >= 1 (the checkpoint "
+             f"just written is always kept; 0 would delete every one).")
     _require(arch.hidden_size % arch.num_heads == 0,
              f"arch.hidden_size={arch.hidden_size} is not divisible by "
              f"arch.num_heads={arch.num_heads}.")
@@ -73,6 +93,33 @@ def check_pretrain_config(cfg: PretrainConfig) -> None:
         check_deepspeed_options(cfg)
     check_lm_options(cfg)
     check_method_options(cfg)
+
+
+def check_writable_dir(folder: str | Path, key: str = "base_dir",
+                       min_free: int = MIN_FREE_BYTES) -> None:
+    """Refuse (one line) a folder that cannot be created or written, or whose disk is full.
+
+    Checks the nearest existing folder on its path by creating an unnamed temporary file
+    there (what counts, also for root, to whom permission bits do not apply).
+    """
+    path = Path(folder).expanduser().absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{key}={folder} cannot be created: {existing} is a file, not a "
+                          f"folder. Set {key} to a writable folder.")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise ConfigError(f"{key}={folder} is not writable ({existing}: "
+                          f"{error.strerror or error}). Set {key} to a writable folder.") from None
+    free = shutil.disk_usage(existing).free
+    if free < min_free:
+        raise ConfigError(f"{key}={folder} is on a full disk: {free / 2**20:.0f} MiB free in "
+                          f"{existing}, at least {min_free // 2**20} MiB needed. Free space "
+                          f"or set {key} to a folder on another disk.")
 
 
 def uses_training_method(cfg: PretrainConfig) -> bool:

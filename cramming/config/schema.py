@@ -268,6 +268,7 @@ class PretrainConfig:
     base_dir: str = "outputs"
     dryrun: bool = False
     resume: Any = False  # false | true | auto
+    resume_allow_data_change: bool = False  # resume even if the data stream changed
     arch: ArchConfig = field(default_factory=ArchConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -16,6 +16,7 @@ temporary name and renamed into place, so an interrupted build never leaves a pa
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import itertools
 import json
@@ -35,7 +36,7 @@ from transformers import PreTrainedTokenizerFast
 from cramming.config.schema import DataConfig
 from cramming.data.packing import pack_documents, rows_needed, split_rows, write_split
 from cramming.data.sources import describe_corpus, iter_documents, source_files
-from cramming.data.tokenizer import load_tokenizer, train_tokenizer
+from cramming.data.tokenizer import ReadAgain, load_tokenizer, train_tokenizer
 from cramming.errors import DataError
 
 log = logging.getLogger("cramming.data")
@@ -56,6 +57,8 @@ class PackedDataset:
 
     input_ids: np.ndarray
     example_ids: np.ndarray
+    # digests of the cache it came from: "tokenizer" and "data" (see cramming.data.identity)
+    digests: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -128,8 +131,21 @@ def fingerprint(cfg: DataConfig) -> str:
     return _digest(fingerprint_settings(cfg))
 
 
+def content_digest(cache_dir: Path) -> str:
+    """sha256 of the packed arrays (train and validation rows and their example ids)."""
+    digest = hashlib.sha256()
+    for split in SPLITS:
+        for kind in ("input_ids", "example_ids"):
+            with open(cache_dir / f"{split}_{kind}.npy", "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 22), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
 def load_prepared(cache_dir: str | Path) -> PreparedData:
     """Open a cache folder written by :func:`prepare_data` (arrays are memory-mapped)."""
+    from cramming.data.identity import file_digest
+
     cache_dir = Path(cache_dir)
     meta_path = cache_dir / "meta.json"
     try:
@@ -137,10 +153,16 @@ def load_prepared(cache_dir: str | Path) -> PreparedData:
     except (OSError, ValueError) as error:
         raise DataError(f"{meta_path} is missing or unreadable ({error}): not a data cache "
                         "written by prepare_data.") from None
+    train = PackedDataset.load(cache_dir, "train")
+    val = PackedDataset.load(cache_dir, "val")
+    tokenizer_json = cache_dir / "tokenizer" / "tokenizer.json"
+    digests = {"tokenizer": file_digest(tokenizer_json) if tokenizer_json.is_file() else "?",
+               "data": meta.get("content_sha256") or content_digest(cache_dir)}  # old caches
+    train.digests, val.digests = digests, digests
     return PreparedData(
         tokenizer=load_tokenizer(cache_dir / "tokenizer"),
-        train=PackedDataset.load(cache_dir, "train"),
-        val=PackedDataset.load(cache_dir, "val"),
+        train=train,
+        val=val,
         cache_dir=cache_dir,
         fingerprint=meta["fingerprint"],
     )
@@ -156,12 +178,14 @@ def _get_tokenizer(cfg: DataConfig, progress: bool) -> PreTrainedTokenizerFast:
             raise DataError("data.tokenizer=pretrained needs data.pretrained_tokenizer "
                             "(a save_pretrained folder or hub name).")
         return load_tokenizer(cfg.pretrained_tokenizer)
-    documents = itertools.islice(iter_documents(cfg), cfg.tokenizer_train_documents)
-    documents = tqdm(documents, desc="reading for the tokenizer", unit=" docs",
-                     total=cfg.tokenizer_train_documents, disable=not progress)
+    def documents():  # read twice (WordPiece / BPE), see cramming.data.tokenizer
+        return tqdm(itertools.islice(iter_documents(cfg), cfg.tokenizer_train_documents),
+                    desc="reading for the tokenizer", unit=" docs",
+                    total=cfg.tokenizer_train_documents, disable=not progress)
+
     log.info("Training a %s tokenizer with %d entries on %s", cfg.tokenizer, cfg.vocab_size,
              describe_corpus(cfg))
-    return train_tokenizer(documents, cfg)
+    return train_tokenizer(ReadAgain(documents), cfg)
 
 
 def _build(cfg: DataConfig, settings: dict[str, Any], digest: str, out: Path,
@@ -194,6 +218,7 @@ def _build(cfg: DataConfig, settings: dict[str, Any], digest: str, out: Path,
     (out / "packed.bin").unlink()
     meta = {
         "fingerprint": digest,
+        "content_sha256": content_digest(out),
         "name": cfg.name,
         "settings": settings,
         "counts": {**counts, "train_rows": len(train_ids), "val_rows": len(val_ids)},
@@ -222,6 +247,24 @@ def prepare_data(cfg: DataConfig, cache_root: str | Path, progress: bool = True,
     if (cache_dir / "meta.json").is_file():
         log.info("Using cached data in %s", cache_dir)
         return load_prepared(cache_dir)
+    try:
+        return _prepare_into(cfg, settings, digest, cache_root, cache_dir, progress, tokenizer)
+    except OSError as error:
+        if error.errno not in _DISK_ERRNOS:
+            raise
+        raise DataError(f"Cannot write the data cache in {cache_root}: {error.strerror} "
+                        f"({error.filename or cache_root}). Free space there or set base_dir "
+                        f"to a writable folder with room.") from None
+
+
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                errno.ENOTDIR)
+
+
+def _prepare_into(cfg: DataConfig, settings: dict[str, Any], digest: str, cache_root: Path,
+                  cache_dir: Path, progress: bool,
+                  tokenizer: PreTrainedTokenizerFast | None) -> PreparedData:
+    """Build the cache folder ``cache_dir`` (atomically) and open it."""
     cache_root.mkdir(parents=True, exist_ok=True)
     if cfg.num_proc > 0:  # read when the tokenizers thread pool first starts
         os.environ.setdefault("RAYON_NUM_THREADS", str(cfg.num_proc))

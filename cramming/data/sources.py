@@ -73,6 +73,66 @@ def source_files(cfg: DataConfig) -> list[Path]:
     return []
 
 
+SNIFF_BYTES = 1 << 16  # how much of each corpus file is checked before reading it
+# magic bytes -> (format, how to fix)
+_COMPRESSED = (
+    (b"\x1f\x8b", "gzip-compressed", "gunzip it first (gunzip -k FILE)"),
+    (b"BZh", "bzip2-compressed", "decompress it first (bunzip2 -k FILE)"),
+    (b"\xfd7zXZ\x00", "xz-compressed", "decompress it first (unxz -k FILE)"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed", "decompress it first (unzstd FILE)"),
+    (b"PK\x03\x04", "a zip archive", "unzip it first and point data.paths at the files"),
+    (b"PK\x05\x06", "an (empty) zip archive", "unzip it first"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7z archive", "extract it first (7z x FILE)"),
+    (b"\x04\x22\x4d\x18", "lz4-compressed", "decompress it first (lz4 -d FILE)"),
+)
+_UTF16_FIX = "convert it to UTF-8 first: iconv -f UTF-16 -t UTF-8 FILE > FILE.utf8"
+
+
+def check_text_file(path: Path, what: str = "Corpus file") -> None:
+    """Refuse a corpus file that is not UTF-8 text (compressed, binary, UTF-16/32, Latin-1...).
+
+    Reads the first 64 KiB only; raises :class:`DataError` naming the file (``what``
+    describes it) and the fix.
+    """
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(SNIFF_BYTES)
+    except OSError as error:
+        raise DataError(f"Cannot read {what.lower()} {path}: {error.strerror or error}") from None
+    for magic, kind, fix in _COMPRESSED:
+        if head.startswith(magic):
+            fix = fix.replace("FILE", str(path))
+            raise DataError(f"{what} {path} is {kind}, not text: {fix}.")
+    if head.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
+        raise DataError(f"{what} {path} is UTF-32 text: convert it to UTF-8 first: "
+                        f"iconv -f UTF-32 -t UTF-8 {path} > {path}.utf8.")
+    pairs = len(head) // 2
+    nul_even, nul_odd = head[0::2].count(0), head[1::2].count(0)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or (
+            pairs >= 8 and max(nul_even, nul_odd) > 0.3 * pairs
+            and min(nul_even, nul_odd) < 0.05 * pairs):
+        fix = _UTF16_FIX.replace("FILE", str(path))
+        raise DataError(f"{what} {path} is UTF-16 text: {fix}.")
+    control = sum(head.count(byte) for byte in _CONTROL_BYTES)
+    if head.count(0) or control > 0.05 * max(len(head), 1):
+        raise DataError(f"{what} {path} is binary, not text ({head.count(0)} NUL and "
+                        f"{control} control bytes in its first {len(head)} bytes): give "
+                        f"data.paths text files (or data.source=binary for a folder written "
+                        f"by cramming.data.tokenize_corpus).")
+    text = head.decode("utf-8", errors="replace")
+    if len(head) == SNIFF_BYTES:  # a character cut at the end of the sample is fine
+        text = text.rstrip("\ufffd")
+    invalid = text.count("\ufffd") - head.decode("utf-8", errors="ignore").count("\ufffd")
+    if invalid > max(2, 0.001 * len(head)):
+        raise DataError(f"{what} {path} is not UTF-8 ({invalid} invalid byte sequences "
+                        f"in its first {len(head)} bytes): convert it first, e.g. iconv -f "
+                        f"LATIN1 -t UTF-8 {path} > {path}.utf8 (use its real encoding).")
+
+
+# bytes < 0x20 that text does not contain (tab, newlines, form feed and ESC are allowed)
+_CONTROL_BYTES = [bytes([b]) for b in range(1, 32) if b not in (9, 10, 11, 12, 13, 27)]
+
+
 def _open(path: Path):
     try:
         return open(path, encoding="utf-8", errors="replace")
@@ -157,7 +217,10 @@ def _raw_documents(cfg: DataConfig) -> Iterator[str]:
         return
     if cfg.source not in LOCAL_SOURCES:
         raise DataError(f"Unknown data.source '{cfg.source}'.")
-    for path in source_files(cfg):
+    files = source_files(cfg)
+    for path in files:  # every file up front: a bad last file fails now, not in an hour
+        check_text_file(path)
+    for path in files:
         if cfg.source == "wikiextractor":
             yield from read_wikiextractor(path)
         elif cfg.source == "text":

@@ -20,7 +20,7 @@ from cramming.config.schema import DataConfig
 from cramming.data.binary import write_binary_corpus
 from cramming.data.packing import tokenize_documents
 from cramming.data.sources import describe_corpus, iter_documents
-from cramming.data.tokenizer import load_tokenizer, train_tokenizer
+from cramming.data.tokenizer import ReadAgain, load_tokenizer, train_tokenizer
 from cramming.errors import CrammingError
 
 
@@ -33,8 +33,8 @@ def build(args: argparse.Namespace) -> dict:
     if args.tokenizer:
         tokenizer = load_tokenizer(args.tokenizer)
     else:
-        tokenizer = train_tokenizer(itertools.islice(iter_documents(cfg), args.max_documents),
-                                    cfg)
+        tokenizer = train_tokenizer(ReadAgain(  # two passes, nothing kept in memory
+            lambda: itertools.islice(iter_documents(cfg), args.max_documents)), cfg)
     ids = tokenize_documents(iter_documents(cfg), tokenizer)
     return write_binary_corpus(args.output, ids, tokenizer, source=describe_corpus(cfg))
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cramming.data.sources import check_text_file
 from cramming.errors import DataError
 from cramming.evaluation.tasks import Task, TsvLayout
 
@@ -76,8 +77,13 @@ def _float_label(value: Any, where: str) -> float | None:
 
 def read_tsv(task: Task, path: Path, layout: TsvLayout) -> Split:
     """One GLUE TSV file. Quoting is off: GLUE text contains unbalanced quotes."""
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        rows = [row for row in csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE) if row]
+    check_text_file(path, "Task file")
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            rows = [row for row in csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+                    if row]
+    except UnicodeDecodeError as error:
+        raise _not_utf8(path, error) from None
     if layout.header:
         if not rows:
             raise DataError(f"{path} is empty: expected a header row.")
@@ -247,8 +253,17 @@ def read_jsonl(task: Task, path: Path) -> Split:
                     raise DataError(f"{path}:{line_number}: expected a JSON object per line.")
                 yield f"{path}:{line_number}", record
 
-    examples, rows = _parse_records(task, records())
+    check_text_file(path, "Task file")
+    try:
+        examples, rows = _parse_records(task, records())
+    except UnicodeDecodeError as error:
+        raise _not_utf8(path, error) from None
     return Split(name="", examples=examples, rows=rows, source=str(path))
+
+
+def _not_utf8(path: Path, error: UnicodeDecodeError) -> DataError:
+    return DataError(f"Task file {path} is not UTF-8 text (byte {error.object[error.start]:#04x} "
+                     f"cannot be decoded): convert it, e.g. iconv -f LATIN1 -t UTF-8 {path}.")
 
 
 # --------------------------------------------------------------------------- hub
