@@ -19,16 +19,40 @@ def shared_data_dir() -> Path | None:
     return None
 
 
+def shared_reference_dir() -> Path | None:
+    """``$CRAMMING_SHARED_REFERENCE`` or ``<repo>/../shared/reference`` (see its README.md)."""
+    candidates = [os.environ.get("CRAMMING_SHARED_REFERENCE"),
+                  REPO_ROOT.parent / "shared" / "reference"]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "README.md").is_file():
+            return Path(candidate)
+    return None
+
+
+def _missing(message: str) -> None:
+    """Skip locally; under CI (``CI`` set) missing data is a failure, never a silent skip."""
+    if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
+        pytest.fail(f"{message} (CI is set: missing data is a failure)", pytrace=False)
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The shared data folder; missing, its tests skip locally and fail under CI."""
     path = shared_data_dir()
     if path is None:
-        message = ("shared data not found: set CRAMMING_SHARED_DATA to its folder (MANIFEST.md) "
-                   "or place it at <repo>/../shared/data")
-        if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
-            pytest.fail(f"{message} (CI is set: missing data is a failure)", pytrace=False)
-        pytest.skip(message)
+        _missing("shared data not found: set CRAMMING_SHARED_DATA to its folder (MANIFEST.md) "
+                 "or place it at <repo>/../shared/data")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_reference() -> Path:
+    """The originals' reference fixtures (weights, inputs, outputs, LR curves, masking stats)."""
+    path = shared_reference_dir()
+    if path is None:
+        _missing("reference fixtures not found: set CRAMMING_SHARED_REFERENCE to their folder "
+                 "(README.md) or place them at <repo>/../shared/reference")
     return path
 
 
