@@ -25,9 +25,20 @@ def exit_on_error(function: Callable[..., T], *args, **kwargs) -> T:
     try:
         return function(*args, **kwargs)
     except CrammingError as error:
-        log.error("%s", error)
+        _log_to_files(f"error: {error}")
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+
+
+def _log_to_files(message: str) -> None:
+    """Record ``message`` in the run's log files only: the console already gets one line."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    logger: logging.Logger | None = log
+    while logger is not None:
+        for handler in logger.handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(record)
+        logger = logger.parent if logger.propagate else None
 
 
 def hydra_output_dir() -> Path:
