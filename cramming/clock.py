@@ -12,6 +12,7 @@ A leaf module: it imports nothing of the project, so any package may build on it
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -41,7 +42,7 @@ class BudgetClock(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
-class Clock:
+class Clock(ABC):
     """Base of the clocks: progress and exhaustion from ``spent`` and ``total``."""
 
     unit = ""
@@ -50,9 +51,9 @@ class Clock:
     # microbatches run); clocks that count work only move when work is charged.
     may_stop_mid_step = False
 
+    @abstractmethod
     def spent(self) -> float:
         """Budget spent so far, in ``unit`` (each clock counts its own)."""
-        raise NotImplementedError
 
     def progress(self) -> float:
         """Fraction of the budget spent, capped at 1."""

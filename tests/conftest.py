@@ -10,23 +10,24 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def shared_data_dir() -> Path | None:
-    """``$CRAMMING_SHARED_DATA`` or ``<repo>/../shared/data`` (see its MANIFEST.md)."""
-    candidates = [os.environ.get("CRAMMING_SHARED_DATA"), REPO_ROOT.parent / "shared" / "data"]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "MANIFEST.md").is_file():
+def _shared_dir(variable: str, name: str, marker: str) -> Path | None:
+    """``$<variable>`` or ``<repo>/../shared/<name>``, whichever holds ``marker``."""
+    for candidate in (os.environ.get(variable), REPO_ROOT.parent / "shared" / name):
+        if candidate and (Path(candidate) / marker).is_file():
             return Path(candidate)
     return None
+
+
+def shared_data_dir() -> Path | None:
+    """``$CRAMMING_SHARED_DATA`` or ``<repo>/../shared/data`` (see its MANIFEST.md)."""
+    return _shared_dir("CRAMMING_SHARED_DATA", "data", "MANIFEST.md")
 
 
 def shared_reference_dir() -> Path | None:
     """``$CRAMMING_SHARED_REFERENCE`` or ``<repo>/../shared/reference`` (see its README.md)."""
-    candidates = [os.environ.get("CRAMMING_SHARED_REFERENCE"),
-                  REPO_ROOT.parent / "shared" / "reference"]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "README.md").is_file():
-            return Path(candidate)
-    return None
+    return _shared_dir("CRAMMING_SHARED_REFERENCE", "reference", "README.md")
+
+
 
 
 def _missing(message: str) -> None:
