@@ -116,6 +116,33 @@ def test_validation_time_is_not_charged_to_the_budget():
     assert clock.spent() * 3600 >= 0.05  # it runs again afterwards
 
 
+class ClockAroundSteps(TrainingHook):
+    """Budget spent at the end of each step and at the start of the next."""
+
+    def __init__(self):
+        self.ends, self.starts = {}, {}
+
+    def before_step(self, trainer):
+        self.starts[trainer.step] = trainer.clock.spent() * 3600
+
+    def after_step(self, trainer, record):
+        self.ends[trainer.step] = trainer.clock.spent() * 3600
+
+
+def test_a_wall_clock_run_does_not_count_its_validations(tiny_overrides, tmp_path,
+                                                         single_thread):
+    clock = ClockAroundSteps()
+    cfg = config(tiny_overrides, "budget_kind=hours", "budget=0.0003",
+                 "train.validate_every_fraction=0.5", "train.val_batch_size=1",
+                 "train.validate_at_end=false")
+    run_pretraining(cfg, tmp_path, hooks=[clock])
+    first = validation_records(tmp_path)[0]
+    step = first["step"]
+    assert first["val_seconds"] > 0.02 and first["val_rows"] > 10
+    # between the end of that step and the start of the next only the validation ran
+    assert clock.starts[step] - clock.ends[step] < 0.5 * first["val_seconds"]
+
+
 def test_cadence_options_are_checked(tiny_overrides, tmp_path):
     with pytest.raises(ConfigError, match="needs a budget in hours"):
         config(tiny_overrides, "train.validate_every_hours=0.5")  # a step budget
