@@ -10,7 +10,8 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -32,8 +33,9 @@ from cramming.backend.metrics import MetricsLogger
 from cramming.backend.runtime import Runtime, rng_state, set_rng_state
 from cramming.backend.strategies import build_strategy
 from cramming.backend.strategy import Strategy
+from cramming.backend.validation import PeriodicValidation
 from cramming.budget import build_clock
-from cramming.clock import Work, active_layers
+from cramming.clock import BudgetClock, Work, active_layers
 from cramming.config.schema import PretrainConfig
 from cramming.data import PackedDataset
 from cramming.data.identity import check_resume_data, data_identity
@@ -67,6 +69,17 @@ def _materialize(record: dict) -> dict:
     return record
 
 
+@contextmanager
+def uncharged(clock: BudgetClock) -> Iterator[None]:
+    """Nothing done inside spends the budget: the clock is put back as it was (every clock
+    restarts its wall timer when it loads a state), so wall time inside is not counted."""
+    state = clock.state_dict()
+    try:
+        yield
+    finally:
+        clock.load_state_dict(state)
+
+
 class Trainer:
     """Trains ``model`` on ``train_data`` until the budget clock is spent."""
 
@@ -75,8 +88,10 @@ class Trainer:
     def __init__(self, cfg: PretrainConfig, model: nn.Module, train_data: PackedDataset,
                  objective: Objective, runtime: Runtime, run_dir: Path,
                  hooks: Sequence[TrainingHook] = (), logger: MetricsLogger | None = None,
-                 context: DistributedContext | None = None):
+                 context: DistributedContext | None = None,
+                 validation: PeriodicValidation | None = None):
         self.cfg, self.runtime, self.run_dir = cfg, runtime, Path(run_dir)
+        self.validation = validation  # held-out loss at fixed budget points
         self.context = context or DistributedContext()
         per_step = cfg.impl.microbatch_size * self.context.world_size
         if cfg.train.batch_size % per_step:
@@ -126,6 +141,7 @@ class Trainer:
             "world_size": self.context.world_size,
             "hooks": {hook.name: hook.state_dict() for hook in self.hooks},
             "data_identity": dict(self.data_identity),
+            "validation": self.validation.state_dict() if self.validation else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -156,6 +172,8 @@ class Trainer:
                         dropped)
         for hook in self.hooks:
             hook.load_state_dict(saved[hook.name])
+        if self.validation is not None:
+            self.validation.load_state_dict(state.get("validation"), self.clock.progress())
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
@@ -398,7 +416,8 @@ class Trainer:
                                                                                 1e-9)
                 last_time, last_tokens = now, self.tokens
                 log_due = self.step % cfg.train.log_every_steps == 0
-                if log_due or decision.save or decision.interrupted or stop:
+                validate = self.validation is not None and self.validation.due(self.progress)
+                if log_due or decision.save or decision.interrupted or stop or validate:
                     record = self._check_finite(pending)[-1]
                     if self.logger is not None and log_due:
                         self.logger.log(record)
@@ -407,6 +426,9 @@ class Trainer:
                                     left=self.clock.remaining_text(), refresh=False)
                 bar.n = int(1000 * self.progress)
                 bar.update(0)
+                if validate:  # before a checkpoint of this step, which then counts it
+                    self.validate()
+                    last_time = time.monotonic()
                 if decision.save or decision.interrupted:
                     self.save()
                     last_save = time.monotonic()
@@ -427,6 +449,22 @@ class Trainer:
             self.logger.log(record)
         if self._stop_signal is not None and callable(previous.get(self._stop_signal)):
             previous[self._stop_signal](self._stop_signal, None)
+        return record
+
+    def validate(self) -> dict:
+        """Held-out loss at the budget point just reached, logged to metrics.jsonl.
+
+        Every rank scores the same rows (sharded models need all ranks in the forward);
+        the time it takes is not charged to the budget (:func:`uncharged`).
+        """
+        with uncharged(self.clock):
+            scores = self.validation.run(self.model, self.runtime, self.progress)
+        record = {"step": self.step, "progress": self.progress, **scores}
+        if self.logger is not None:
+            self.logger.log(record)
+        if self.context.is_main:
+            log.info("Validation at step %d (%.1f%% of the budget): loss %.4f, accuracy %.4f",
+                     self.step, 100 * self.progress, scores["val_loss"], scores["val_accuracy"])
         return record
 
     @property

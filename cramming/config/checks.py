@@ -93,6 +93,26 @@ def check_pretrain_config(cfg: PretrainConfig) -> None:
         check_deepspeed_options(cfg)
     check_lm_options(cfg)
     check_method_options(cfg)
+    check_validation_options(cfg)
+
+
+def check_validation_options(cfg: PretrainConfig) -> None:
+    """Periodic validation: one cadence, positive, in units the budget has."""
+    train = cfg.train
+    hours, fraction = train.validate_every_hours, train.validate_every_fraction
+    _require(hours is None or fraction is None,
+             f"train.validate_every_hours={hours} and train.validate_every_fraction={fraction}: "
+             f"set one of them.")
+    _require(fraction is None or 0 < fraction <= 1,
+             f"train.validate_every_fraction={fraction} must be in (0, 1].")
+    if hours is not None:
+        _require(hours > 0, f"train.validate_every_hours={hours} must be > 0.")
+        _require(cfg.budget_kind in ("hours", "rst"),
+                 f"train.validate_every_hours needs a budget in hours (budget_kind=hours or rst), "
+                 f"not {cfg.budget_kind}; use train.validate_every_fraction.")
+    _require(train.val_rows >= 1, f"train.val_rows={train.val_rows} must be >= 1.")
+    _require(train.val_batch_size is None or train.val_batch_size >= 1,
+             f"train.val_batch_size={train.val_batch_size} must be >= 1 (or null).")
 
 
 def check_writable_dir(folder: str | Path, key: str = "base_dir",

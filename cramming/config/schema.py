@@ -143,7 +143,12 @@ class TrainConfig:
     checkpoint_every_steps: int | None = None
     keep_checkpoints: int = 2
     validate_at_end: bool = True
-    val_batches: int = 50
+    # Held-out loss during training at fixed points of the budget (README "Validation"):
+    # every this many budget hours (budget_kind hours or rst; NTNG's impl.validate_every_hours)
+    validate_every_hours: float | None = None
+    validate_every_fraction: float | None = None  # or: every this fraction of the budget
+    val_rows: int = 6400  # the first rows of the held-out split scored (at every point)
+    val_batch_size: int | None = None  # rows per validation forward; null: microbatch_size
     # Causal LM and the GPT-BERT hybrid (objective: clm / hybrid); see README "Objectives".
     hybrid_numerator: int = 1  # MNTP share of the training signal: numerator / denominator
     hybrid_denominator: int = 2
@@ -288,7 +293,8 @@ class ValidateConfig:
     mask_prob: float = 0.15
     seed: int = 0
     batch_size: int = 64
-    max_batches: int | None = None
+    max_batches: int | None = None  # at most max_batches x batch_size rows
+    max_rows: int | None = None  # the first max_rows rows, whatever batch_size
     split: str = "val"
     impl: ImplConfig = field(default_factory=ImplConfig)
     data: DataConfig | None = None
