@@ -4,9 +4,14 @@ Gauss-Newton-Bartlett estimate (Liu et al. 2023, Alg. 2) for masked language mod
 an estimator batch the model's MLM logits at the *masked positions* (the model's output
 distribution over the vocabulary, never hidden states) are used to sample labels
 ``y_hat ~ softmax(logits)``; the gradient ``g_hat`` of the mean cross-entropy against those
-sampled labels, accumulated over the whole estimator batch, gives ``h_hat = B * g_hat**2``
-(``B`` = number of predicted positions), which :meth:`SophiaG.update_hessian` folds into its
-EMA. The passes are charged to the budget clock as ``hessian`` work.
+sampled labels, accumulated over the whole estimator batch, gives ``h_hat = B * g_hat**2``,
+which :meth:`SophiaG.update_hessian` folds into its EMA; ``B`` is NTNG's fixed
+``train.optim.hessian_scale`` (196,608) in the ``sophiag`` preset, else the number of
+predicted positions. The passes are charged to the budget clock as ``hessian`` work.
+
+NTNG (JeanKaddour/NoTrainNoGain, bert/pretrain_bert_sophia.py) sums the per-microbatch mean
+gradients of its 128-sequence microbatches; here ``g_hat`` is the gradient of the mean over
+the whole estimator batch, so it does not depend on ``impl.microbatch_size``.
 """
 
 from __future__ import annotations
