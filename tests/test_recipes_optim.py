@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from cramming.architectures import IGNORE_INDEX, build_model
 from cramming.backend.optim import Lamb, Lion, SophiaG
@@ -26,9 +27,11 @@ CITED = {
     "lion": (NTNG + "lion.yaml", Lion, dict(lr=1e-4, betas=[0.9, 0.99], weight_decay=0.1)),
     "sophiag": (NTNG + "sophiag.yaml (lr, weight_decay, rho, bs); SophiaG defaults in "
                 "bert/cramming/backend/optimizers/sophiag.py (betas, 1e-15); train/bert-o3.yaml "
-                "sophia: (batch_size_hess_update, hess_update_frequency)", SophiaG,
-                dict(lr=1e-3, betas=[0.965, 0.99], eps=1e-15, weight_decay=0.01, rho=0.04,
-                     hessian_scale=196608, hessian_batch_size=768, hessian_interval=10)),
+                "sophia: (batch_size_hess_update, hess_update_frequency); impl/_default.yaml "
+                "microbatch_size 128 (the groups pretrain_bert_sophia.py averages over)",
+                SophiaG, dict(lr=1e-3, betas=[0.965, 0.99], eps=1e-15, weight_decay=0.01,
+                              rho=0.04, hessian_scale=196608, hessian_batch_size=768,
+                              hessian_interval=10, hessian_mean_rows=128)),
     "lamb": ("ltgoslo/gpt-bert, pretraining/train_multi_gpu.py argparse defaults", Lamb,
              dict(lr=1e-2, betas=[0.9, 0.98], eps=1e-8, weight_decay=0.1)),
 }
@@ -131,10 +134,41 @@ def test_sophia_hessian_estimate_with_the_fixed_scale_is_the_mean_gradient_squar
                                   reference.state[p]["hessian"], rtol=1e-5, atol=1e-20)
 
 
+@pytest.mark.parametrize("mean_rows", [2, 3, 8])
+def test_sophia_estimate_sums_the_mean_losses_of_row_groups_as_ntng(mean_rows):
+    # NTNG: one backward() of the mean sampled-label loss per 128-row microbatch, summed.
+    # Here groups of `mean_rows` rows, across our microbatch boundaries (4 rows each).
+    cfg = preset("sophiag", "train.optim.betas=[0.9,0.0]",
+                 f"train.optim.hessian_mean_rows={mean_rows}")
+    torch.manual_seed(0)
+    model = build_model(cfg.arch, vocab_size=300).eval()
+    optimizer = build_optimizer(model, cfg.train.optim, torch.device("cpu"))
+    batches = [masked_batch(300, seed=1), masked_batch(300, seed=2)]
+    estimate_hessian(model, optimizer, batches, torch.Generator().manual_seed(3),
+                     torch.device("cpu"), mean_rows=cfg.train.optim.hessian_mean_rows)
+
+    generator, losses, rows = torch.Generator().manual_seed(3), [], []
+    model.zero_grad()
+    for offset, b in zip((0, 4), batches):
+        masked = b.labels != IGNORE_INDEX
+        logits = model.predict(model.encode(b.input_ids)[masked])
+        sampled = torch.multinomial(torch.softmax(logits.detach(), -1), 1,
+                                    generator=generator).squeeze(1)
+        losses.append(F.cross_entropy(logits, sampled, reduction="none"))
+        rows.append(masked.nonzero()[:, 0] + offset)
+    losses, rows = torch.cat(losses), torch.cat(rows)
+    group_means = [losses[rows // mean_rows == g].mean() for g in range(-(-8 // mean_rows))]
+    torch.stack(group_means).sum().backward()
+    for p in model.parameters():
+        if p.grad is not None:  # fixed scale: h = g_hat**2 (beta2 = 0), no factor
+            assert torch.allclose(optimizer.state[p]["hessian"], p.grad ** 2, rtol=1e-4,
+                                  atol=1e-16)
+
+
 def test_sophia_hook_uses_ntng_hessian_batch_and_interval():
     optim = preset("sophiag").train.optim
-    hook = SophiaHessianHook(optim, microbatch_size=128, seed=0)
-    assert (hook.batch_size, hook.interval) == (768, 10)
+    hook = SophiaHessianHook(optim, microbatch_size=64, seed=0)
+    assert (hook.batch_size, hook.interval, hook.mean_rows) == (768, 10, 128)
 
 
 def test_lamb_is_gpt_berts_on_decayed_and_undecayed_tensors():
@@ -162,6 +196,8 @@ def test_lamb_is_gpt_berts_on_decayed_and_undecayed_tensors():
     ("lion", "++train.optim.eps=1e-6", "train.optim.eps"),
     ("lamb", "++train.optim.fused=true", "train.optim.fused"),
     ("sophiag", "train.optim.hessian_scale=-1", "train.optim.hessian_scale"),
+    ("sophiag", "train.optim.hessian_mean_rows=0", "train.optim.hessian_mean_rows"),
+    ("adamw", "++train.optim.hessian_mean_rows=128", "train.optim.hessian_mean_rows"),
 ])
 def test_keys_that_do_not_apply_are_refused_in_one_line(name, override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as error:

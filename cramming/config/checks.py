@@ -107,7 +107,8 @@ def check_schedule_options(train: TrainConfig) -> None:
 OPTIM_ONLY = {"eps": ("adamw", "adam", "adam_classic", "sophiag", "lamb"),
               "fused": ("adamw", "adam", "adam_classic"),
               "rho": ("sophiag",), "hessian_interval": ("sophiag",),
-              "hessian_batch_size": ("sophiag",), "hessian_scale": ("sophiag",)}
+              "hessian_batch_size": ("sophiag",), "hessian_scale": ("sophiag",),
+              "hessian_mean_rows": ("sophiag",)}
 
 
 def check_optim_options(optim: OptimConfig) -> None:
@@ -125,6 +126,10 @@ def check_optim_options(optim: OptimConfig) -> None:
     if optim.hessian_scale is not None:
         _require(optim.hessian_scale > 0,
                  f"train.optim.hessian_scale={optim.hessian_scale} must be > 0 (or null).")
+    if optim.hessian_mean_rows is not None:
+        _require(optim.hessian_mean_rows >= 1,
+                 f"train.optim.hessian_mean_rows={optim.hessian_mean_rows} must be >= 1 "
+                 f"(or null).")
 
 
 def check_writable_dir(folder: str | Path, key: str = "base_dir",

@@ -121,6 +121,7 @@ class OptimConfig:
     hessian_interval: int = 10
     hessian_batch_size: int | None = None
     hessian_scale: float | None = None
+    hessian_mean_rows: int | None = None  # g_hat: sum of mean losses of groups of this many rows
 
 
 @dataclass
