@@ -337,8 +337,11 @@ class Trainer:
         grad_norm = self.strategy.apply_gradients(train.gradient_clipping)
         self.clock.charge_step()
         self.step += 1
+        # "progress" becomes the progress after this step (run loop); lr, batch size and mask
+        # rate were set at "schedule_progress", the progress when the step began.
         record = {"step": self.step, "loss": step_loss, "lr": lr, "batch_size": batch_size,
                   **self.objective.log_values(progress), "progress": progress,
+                  "schedule_progress": progress,
                   "tokens": self.tokens, "epoch": self.epoch}
         if len(set(kinds)) > 1:
             for kind in sorted(set(kinds)):

@@ -24,8 +24,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.source": ("wikiextractor", "text", "jsonl", "hf", "binary"),
     "data.tokenizer": ("wordpiece", "bpe", "unigram", "pretrained"),
     "train.objective": ("mlm", "clm", "hybrid"),
-    "train.scheduler": ("triangle", "one-cycle", "cosine", "linear", "constant", "inverse-sqrt"),
-    "train.optim.name": ("adamw", "adam", "lion", "sophiag", "lamb"),
+    "train.scheduler": ("linear", "cosine", "constant", "inverse-sqrt"),
+    "train.optim.name": ("adamw", "adam", "adam_classic", "lion", "sophiag", "lamb"),
     "impl.device": ("auto", "cpu", "cuda", "mps"),
     "impl.precision": ("auto", "fp32", "bf16", "fp16"),
     "impl.compile_mode": (None, "default", "reduce-overhead", "max-autotune",
@@ -106,17 +106,22 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
+    """Optimizer (``train/optim`` presets; adam and adamw are AdamW, adam_classic torch Adam)."""
+
     name: str = "adamw"
     lr: float = 1e-3
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
-    eps: float = 1e-12
+    eps: float = 1e-12  # unused by lion
     weight_decay: float = 0.01
-    fused: bool | None = None  # None: fused when the device supports it
+    fused: bool | None = None  # adam / adamw / adam_classic; None: fused where supported
     # Sophia-G only: clipping threshold rho, Hessian estimate every k steps over this many
-    # sequences (null: one microbatch), EMA factor of the estimate is betas[1].
+    # sequences (null: one microbatch), EMA factor of the estimate is betas[1]. The update
+    # divides by rho * hessian_scale * h; null: by the predictions of each estimate.
     rho: float = 0.04
     hessian_interval: int = 10
     hessian_batch_size: int | None = None
+    hessian_scale: float | None = None
+    hessian_mean_rows: int | None = None  # g_hat: sum of mean losses of groups of this many rows
 
 
 @dataclass
@@ -127,10 +132,16 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     batch_size: int = 8192  # sequences per optimizer step
     batch_size_ramp: float = 0.6  # budget fraction over which the batch grows; 0: off
-    scheduler: str = "triangle"
-    warmup: float = 0.5  # budget fraction of linear warmup
-    cooldown: float = 0.5  # budget fraction of the final decay (triangle / one-cycle)
+    batch_size_start: float = 0.0  # ramp start as a fraction of batch_size; 0: one microbatch
+    # LR factor (schedules.lr_factor): lr_start -> 1 linearly until `warmup` (the peak), then
+    # the `scheduler` shape (linear / cosine / constant / inverse-sqrt) towards min_lr_ratio
+    # at 100%; the last `cooldown` of the budget goes linearly from there to lr_end.
+    scheduler: str = "linear"
+    lr_start: float = 0.25
+    warmup: float = 0.75
+    cooldown: float = 0.0
     min_lr_ratio: float = 0.0
+    lr_end: float = 0.0
     gradient_clipping: float | None = 0.5
     objective: str = "mlm"
     mask_prob: float = 0.25
