@@ -21,7 +21,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "arch.activation": ("gelu", "relu", "silu"),
     "arch.position_embedding": ("scaled-sinusoidal", "sinusoidal", "learned", "rope", "relative"),
     "arch.attention_impl": ("auto", "sdpa", "flash-attn", "eager"),
-    "data.source": ("wikiextractor", "text", "jsonl", "hf", "binary"),
+    "data.source": ("wikiextractor", "text", "jsonl", "hf", "binary", "gpt-bert"),
     "data.tokenizer": ("wordpiece", "bpe", "unigram", "pretrained"),
     "train.objective": ("mlm", "clm", "hybrid"),
     "train.scheduler": ("triangle", "one-cycle", "cosine", "linear", "constant", "inverse-sqrt"),
