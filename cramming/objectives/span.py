@@ -7,7 +7,8 @@ With ``n`` maskable tokens in the row, ``k = max(1, int(n * mask_prob + u))`` (`
 uniform: stochastic rounding), and every maskable token whose span scores at most the
 k-th smallest score is selected. Whole spans are taken, so slightly more than
 ``mask_prob`` of the tokens are selected (30.5% at 0.3, 15.5% at 0.15). A span's tokens
-become ``[MASK]``, random tokens or stay as they are together.
+become ``[MASK]``, random tokens or stay as they are together. ``n`` counts a whole
+packed row (GPT-BERT counts each document piece of a row on its own: the same expectation).
 
 GPT-BERT also scales the scores by a softmax over how often each position of a stored
 segment was masked before; our rows are streamed, not revisited per position, so that
