@@ -29,7 +29,7 @@ from cramming.backend.checkpoint import (
 )
 from cramming.backend.distributed import DistributedContext, agree_on_step, mean_across_ranks
 from cramming.backend.hooks import TrainingHook
-from cramming.backend.metrics import MetricsLogger
+from cramming.backend.metrics import MetricsLogger, StepStatistics, sum_across_ranks
 from cramming.backend.runtime import Runtime, rng_state, set_rng_state
 from cramming.backend.strategies import build_strategy
 from cramming.backend.strategy import Strategy
@@ -41,6 +41,7 @@ from cramming.data import PackedDataset
 from cramming.data.identity import check_resume_data, data_identity
 from cramming.data.keyed_random import TRAIN_STREAM as TRAIN_STREAM_ID
 from cramming.data.keyed_random import stream_id
+from cramming.data.masking import IGNORE_INDEX
 from cramming.data.pipeline import DataPipeline, MicrobatchRequest
 from cramming.errors import CheckpointError, ConfigError, TrainingError
 from cramming.objectives import Microbatch, Objective
@@ -112,6 +113,8 @@ class Trainer:
                                      workers=cfg.impl.data_workers,
                                      prefetch=cfg.impl.prefetch_microbatches,
                                      pin_memory=runtime.device.type == "cuda")
+        # the losses the objective produces, logged per kind when there are several
+        self.kinds = tuple(getattr(objective, "kinds", (getattr(objective, "kind", "mlm"),)))
         decode = getattr(objective, "static_decode_fraction", None)
         fraction = decode(train_data.seq_length) if decode is not None else None
         if fraction is not None and hasattr(model, "set_static_decode"):
@@ -296,7 +299,8 @@ class Trainer:
         device = self.runtime.device
         self.model.train()
         self.strategy.zero_grad()
-        weighted, losses, kinds, work = [], [], [], []
+        weighted, work, targets = [], [], []
+        statistics = StepStatistics(self.kinds, device)
         stop_mid_step = (self.clock.may_stop_mid_step and not self.context.enabled
                          and self.strategy.can_stop_mid_step)
         done = 0
@@ -312,11 +316,14 @@ class Trainer:
                         **{key: value.to(device, non_blocking=True)
                            if isinstance(value, torch.Tensor) else value
                            for key, value in batch.model_kwargs.items()})
-                    loss = outputs["loss"] * (batch.loss_weight / accumulation)
+                    if train.token_weighted_loss:  # sum of token losses; normalised below
+                        targets.append(int((batch.labels != IGNORE_INDEX).sum()))
+                        loss = outputs["loss"] * (targets[-1] / accumulation)
+                    else:
+                        loss = outputs["loss"] * (batch.loss_weight / accumulation)
                 self.strategy.backward(loss)
             weighted.append(loss.detach())
-            losses.append(outputs["loss"].detach())
-            kinds.append(batch.kind)
+            statistics.add(batch.kind, outputs["loss"], outputs, batch.mask_rate)
             work.append(Work(sequences=batch.input_ids.shape[0], tokens=batch.input_ids.numel(),
                              active_layers=active_layers(self.model), replicas=world))
             self.tokens += batch.input_ids.numel() * world
@@ -328,12 +335,15 @@ class Trainer:
         for item in work:
             self.clock.charge_microbatch(item)
         self.microbatches += done
-        if done < accumulation:  # finish with the mean gradient of what was computed
-            self.strategy.rescale_gradients(accumulation / done)
+        factor = accumulation / done  # finish with the mean gradient of what was computed
+        if train.token_weighted_loss:  # sum of token losses / all ranks' targets in the step
+            total = int(sum_across_ranks(torch.tensor(sum(targets), device=device), world))
+            factor = world * accumulation / max(total, 1)
+        if factor != 1:
+            self.strategy.rescale_gradients(factor)
         # the loss of the (mean) gradient taken, loss weights included
-        step_loss = torch.stack(weighted).float().sum() * (accumulation / done)
+        step_loss = torch.stack(weighted).float().sum() * factor
         step_loss = mean_across_ranks(step_loss, self.context)
-        stacked = torch.stack(losses).float()
         grad_norm = self.strategy.apply_gradients(train.gradient_clipping)
         self.clock.charge_step()
         self.step += 1
@@ -343,10 +353,7 @@ class Trainer:
                   **self.objective.log_values(progress), "progress": progress,
                   "schedule_progress": progress,
                   "tokens": self.tokens, "epoch": self.epoch}
-        if len(set(kinds)) > 1:
-            for kind in sorted(set(kinds)):
-                picked = [i for i, name in enumerate(kinds) if name == kind]
-                record[f"loss_{kind}"] = stacked[picked].mean()
+        record.update(statistics.record(world))
         if grad_norm is not None:
             record["grad_norm"] = grad_norm
         record["data_wait_seconds"] = self.data_wait

@@ -21,7 +21,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "arch.activation": ("gelu", "relu", "silu"),
     "arch.position_embedding": ("scaled-sinusoidal", "sinusoidal", "learned", "rope", "relative"),
     "arch.attention_impl": ("auto", "sdpa", "flash-attn", "eager"),
-    "data.source": ("wikiextractor", "text", "jsonl", "hf", "binary"),
+    "data.source": ("wikiextractor", "text", "jsonl", "hf", "binary", "gpt-bert"),
     "data.tokenizer": ("wordpiece", "bpe", "unigram", "pretrained"),
     "train.objective": ("mlm", "clm", "hybrid"),
     "train.scheduler": ("linear", "cosine", "constant", "inverse-sqrt"),
@@ -149,6 +149,9 @@ class TrainConfig:
     mask_token_prob: float = 0.8  # of masked positions: replaced by [MASK]
     random_token_prob: float = 0.1  # of masked positions: replaced by a random token
     exact_mask_count: bool = True  # exactly round(p * seq_length) per row (static decode shape)
+    # true: special tokens may be selected and drawn as random replacements, as Cramming's
+    # collator does (it ignores the special-tokens mask); false: they never are
+    mask_special_tokens: bool = False
     log_every_steps: int = 10
     checkpoint_every_minutes: float = 30.0
     checkpoint_every_steps: int | None = None
@@ -163,11 +166,11 @@ class TrainConfig:
     # Causal LM and the GPT-BERT hybrid (objective: clm / hybrid); see README "Objectives".
     hybrid_numerator: int = 1  # MNTP share of the training signal: numerator / denominator
     hybrid_denominator: int = 2
-    mask_span_length: int = 1  # > 1: mask spans of 1..mask_span_length tokens
+    mask_span_length: int = 1  # > 1: GPT-BERT's span masking, spans of 1..mask_span_length
     # [[progress, length], ...]: rows of data.seq_length are cut into shorter rows until
     # that budget fraction (tokens per batch stay constant); null: always data.seq_length.
     seq_length_schedule: list[Any] | None = None
-    token_weighted_loss: bool = False  # weight microbatches by their number of targets
+    token_weighted_loss: bool = False  # step loss = sum of token losses / targets in the step
     z_loss: float = 0.0  # coefficient of the logsumexp(logits)^2 regulariser
     document_mask: bool = False  # tokens attend only within their document (gpt/llama/ltg)
     ema_decay: float | None = None  # keep an exponential moving average of the weights
