@@ -1,0 +1,74 @@
+"""Evaluation fidelity: AX-g pairing, AX layouts, exit codes, Cramming's GLUE_sane recipe."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cramming.evaluation.readers import TaskUnavailable, read_split
+from cramming.evaluation.scoring import compute_metrics
+from cramming.evaluation.tasks import get_task
+
+
+def write_axg(folder: Path, pairs: int) -> Path:
+    """A file shaped like the official AX-g.jsonl: every row has its own pair_id."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for k in range(pairs):
+        for pronoun in ("he", "she"):
+            rows.append({"hypothesis": f"The worker {k} was tired.",
+                         "idx": len(rows), "label": "entailment" if k % 2 else "not_entailment",
+                         "pair_id": 550000 + len(rows),
+                         "premise": f"The worker {k} said {pronoun} was tired."})
+    path = folder / "AX-g.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_axg_parity_pairs_consecutive_rows(tmp_path):
+    write_axg(tmp_path / "superglue" / "AX-g", pairs=400)
+    task = get_task("axg")
+    split = read_split(task, "validation", str(tmp_path), "files")
+    assert len(split.examples) == 800
+    agree = [k // 2 % 2 for k in range(800)]  # both rows of a pair predicted alike
+    assert compute_metrics(task, split.examples, agree)["gender_parity"] == 1.0
+    flipped = [k % 2 for k in range(800)]  # every pair disagrees
+    assert compute_metrics(task, split.examples, flipped)["gender_parity"] == 0.0
+    random = np.random.default_rng(0).integers(0, 2, 800).tolist()
+    parity = compute_metrics(task, split.examples, random)["gender_parity"]
+    assert 0.44 < parity < 0.56, parity
+    # A subsample keeps file positions: only complete pairs are counted.
+    kept = [e for e in split.examples if e["row"] not in (1, 2)]
+    preds = [0 if e["row"] < 6 else e["row"] % 2 for e in kept]
+    assert compute_metrics(task, kept, preds)["gender_parity"] == pytest.approx(1 / 398)
+
+
+def glue_ax_full(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    header = "Lexical Semantics\tPredicate-Argument Structure\tLogic\tKnowledge\tDomain\t" \
+             "Premise\tHypothesis\tLabel\n"
+    rows = ["\t\tNegation\t\tArtificial\tThe cat sat.\tThe cat did not sit.\tcontradiction\n",
+            "\t\t\t\tArtificial\tThe cat sat.\tA cat sat.\tentailment\n"]
+    (folder / "diagnostic-full.tsv").write_text(header + "".join(rows))
+    (folder / "AX.tsv").write_text("index\tsentence1\tsentence2\n0\tThe cat sat.\tA cat sat.\n")
+
+
+@pytest.mark.parametrize("layout", ["diagnostic", "AX"])
+def test_glue_ax_found_under_both_layouts(tmp_path, layout):
+    glue_ax_full(tmp_path / "glue" / layout)
+    task = get_task("ax")
+    labelled = read_split(task, "validation", str(tmp_path), "files")
+    assert [e["label"] for e in labelled.examples] == [2, 0]
+    assert Path(labelled.source).parent.name == layout
+    if layout == "AX":
+        assert read_split(task, "test", str(tmp_path), "files").rows == 1
+
+
+def test_skip_message_names_every_path_tried(tmp_path):
+    with pytest.raises(TaskUnavailable) as caught:
+        read_split(get_task("ax"), "validation", str(tmp_path), "files")
+    message = str(caught.value)
+    assert str(tmp_path / "diagnostic" / "diagnostic-full.tsv") in message or \
+        str(tmp_path / "glue" / "diagnostic" / "diagnostic-full.tsv") in message
+    assert "AX" + "/diagnostic-full.tsv" in message.replace("\\", "/")
