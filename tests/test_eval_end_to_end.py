@@ -83,10 +83,11 @@ def test_eval_py_rte_and_cb_multi_seed(base_dir, shared_data):
                "impl.device=cpu", "impl.threads=1", "impl.progress_bar=false"]
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "| rte | accuracy |" in done.stdout and "SuperGLUE average" in done.stdout
+    assert "| rte (train subsampled: 160 of 2490) (validation subsampled: 120 of 277) | " \
+        "accuracy |" in done.stdout and "SuperGLUE partial average" in done.stdout
     (run,) = sorted((base_dir / "tiny" / "eval").iterdir())
     results = json.loads((run / "results.json").read_text())
-    assert "| cb | f1_macro |" in (run / "results.md").read_text()
+    assert "| cb (train subsampled: 160 of 250) | f1_macro |" in (run / "results.md").read_text()
     rte, cb = results["tasks"]["rte"], results["tasks"]["cb"]
     assert rte["examples"] == {"train": 160, "validation": 120}
     for task, metrics in ((rte, ["accuracy"]), (cb, ["accuracy", "f1_macro"])):

@@ -1,11 +1,15 @@
 """Evaluation fidelity: AX-g pairing, AX layouts, exit codes, Cramming's GLUE_sane recipe."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from cramming.evaluation import run_evaluation
 from cramming.evaluation.readers import TaskUnavailable, read_split
 from cramming.evaluation.scoring import compute_metrics
 from cramming.evaluation.tasks import get_task
@@ -72,3 +76,71 @@ def test_skip_message_names_every_path_tried(tmp_path):
     assert str(tmp_path / "diagnostic" / "diagnostic-full.tsv") in message or \
         str(tmp_path / "glue" / "diagnostic" / "diagnostic-full.tsv") in message
     assert "AX" + "/diagnostic-full.tsv" in message.replace("\\", "/")
+
+
+# --------------------------------------------------------------------------- partial runs
+
+REPO = Path(__file__).resolve().parents[1]
+STAMP = "2024-01-01_00-00-00"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, enwiki_files):
+    """(base_dir, model, tokenizer): one saved, randomly initialised bert-tiny run."""
+    from omegaconf import OmegaConf
+
+    from cramming.architectures import build_model
+    from cramming.backend.checkpoint import save_model_folder
+    from cramming.config import CONFIG_DIR, to_typed
+    from cramming.config.schema import ArchConfig
+    from tests.test_eval_encoding import make_tokenizer
+
+    root = tmp_path_factory.mktemp("outputs")
+    tokenizer = make_tokenizer(enwiki_files, vocab_size=800)
+    torch.manual_seed(0)
+    arch = to_typed(OmegaConf.load(CONFIG_DIR / "arch" / "bert-tiny.yaml"), ArchConfig)
+    model = build_model(arch, vocab_size=len(tokenizer), pad_token_id=0)
+    save_model_folder(root / "tiny" / "pretrain" / STAMP / "model", model, tokenizer,
+                      {"arch": {"name": "bert-tiny"}})
+    return root, model, tokenizer
+
+
+def eval_config(**settings):
+    from omegaconf import OmegaConf
+
+    from cramming.config import CONFIG_DIR
+    from cramming.evaluation import validate_eval_config
+
+    base = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "eval" / "GLUE_sane.yaml"))
+    base.update(settings)
+    return validate_eval_config(OmegaConf.create(
+        {"name": "tiny", "eval": base,
+         "impl": {"device": "cpu", "threads": 1, "progress_bar": False}}))
+
+
+def test_eval_py_fails_when_every_task_is_skipped(tiny_run, tmp_path):
+    base_dir, _, _ = tiny_run
+    command = [sys.executable, str(REPO / "eval.py"), "name=tiny", f"base_dir={base_dir}",
+               "eval.tasks=[rte,cb]", f"eval.data_dir={tmp_path}", "eval.source=files",
+               "impl.device=cpu", "impl.threads=1", "impl.progress_bar=false"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode != 0
+    output = done.stdout + done.stderr
+    assert "Nothing was evaluated" in output
+    assert str(tmp_path / "RTE" / "train.tsv") in output or "RTE/train.tsv" in output
+    assert "CB/train.jsonl" in output
+
+
+def test_partial_suite_and_subsampled_dev_are_labelled(tiny_run, shared_data, tmp_path):
+    _, model, tokenizer = tiny_run
+    cfg = eval_config(tasks=["rte"], data_dir=str(shared_data), source="files", epochs=1,
+                      max_train_examples=32, max_eval_examples=40, predict_test=False)
+    results = run_evaluation(cfg, tmp_path, model, tokenizer)
+    glue = results["averages"]["GLUE"]
+    assert glue["tasks"] == ["rte"] and "mnli" in glue["missing"] and "wnli" not in glue["missing"]
+    assert glue["label"].startswith("GLUE partial average (rte only; missing cola, sst2, ")
+    assert "subsampled dev: rte" in glue["label"]
+    assert results["tasks"]["rte"]["subsampled"] == {"train": {"used": 32, "of": 2490},
+                                                     "validation": {"used": 40, "of": 277}}
+    table = (tmp_path / "results.md").read_text()
+    assert glue["label"] in table and "validation subsampled: 40 of 277" in table

@@ -17,9 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from cramming.evaluation.tasks import Task
+from cramming.evaluation.tasks import TASKS, Task
 
 SUITE_NAMES = {"glue": "GLUE", "superglue": "SuperGLUE"}
+# Cramming's GLUE average leaves WNLI out
+# (JonasGeiping/cramming, cramming/config/eval/GLUE_sane.yaml)
+UNAVERAGED = ("wnli",)
 
 
 def summarize(values: Sequence[float]) -> dict:
@@ -71,8 +74,14 @@ def suite_averages(tasks: Iterable[Task], task_results: dict, seeds: Sequence[in
         if not members:
             continue
         done = [t for t in members if task_results.get(t.name, {}).get("status") == "ok"]
+        # "Missing" is against the whole published suite, not just the requested tasks.
+        full = [name for name, t in TASKS.items() if t.suite == suite and t.average
+                and name not in UNAVERAGED]
         entry = {"tasks": [t.name for t in done],
-                 "missing": [t.name for t in members if t.name not in {d.name for d in done}]}
+                 "missing": [n for n in full if n not in {d.name for d in done}],
+                 "subsampled": [t.name for t in done if any(
+                     split != "train" for split in task_results[t.name].get("subsampled", {}))]}
+        entry["label"] = average_label(label, entry)
         for which in ("last", "best"):
             per_seed = []
             for seed in seeds:
@@ -83,6 +92,23 @@ def suite_averages(tasks: Iterable[Task], task_results: dict, seeds: Sequence[in
             entry[which] = summarize(per_seed)
         averages[label] = entry
     return averages
+
+
+def average_label(suite: str, entry: dict) -> str:
+    """``GLUE average``, or what it is not: ``GLUE partial average (mnli; missing ...)``."""
+    notes = []
+    if entry["missing"]:
+        notes.append(f"{', '.join(entry['tasks']) or 'no task'} only; missing "
+                     f"{', '.join(entry['missing'])}")
+    if entry.get("subsampled"):
+        notes.append(f"subsampled dev: {', '.join(entry['subsampled'])}")
+    kind = "partial average" if entry["missing"] else "average"
+    return f"{suite} {kind}" + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def _subsample_note(task: dict) -> str:
+    cut = task.get("subsampled") or {}
+    return "".join(f" ({split} subsampled: {c['used']} of {c['of']})" for split, c in cut.items())
 
 
 def _fmt(summary: dict | None) -> str:
@@ -101,15 +127,16 @@ def markdown_table(results: dict) -> str:
              "| task | metric | last epoch (headline) | best epoch |", "|---|---|---|---|"]
     for name, task in results["tasks"].items():
         if task["status"] != "ok":
-            lines.append(f"| {name} | skipped | {task['reason']} | |")
+            lines.append(f"| {name} | {task['status']} | {task['reason']} | |")
             continue
         for metric, last in task["last"].items():
             if metric == "score":
                 continue
-            lines.append(f"| {name} | {metric} | {_fmt(last)} | {_fmt(task['best'][metric])} |")
+            lines.append(f"| {name}{_subsample_note(task)} | {metric} | {_fmt(last)} | "
+                         f"{_fmt(task['best'][metric])} |")
     for suite, average in results["averages"].items():
-        note = f" (missing: {', '.join(average['missing'])})" if average["missing"] else ""
-        lines.append(f"| **{suite} average**{note} | {len(average['tasks'])} tasks | "
+        label = average.get("label") or f"{suite} average"
+        lines.append(f"| **{label}** | {len(average['tasks'])} tasks | "
                      f"**{_fmt(average['last'])}** | {_fmt(average['best'])} |")
     lines.append("")
     lines.append("Scores in percent. Headline: last epoch. ± is the std over fine-tuning seeds.")

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cramming.errors import CheckpointError
+from cramming.errors import CheckpointError, DataError
 from cramming.evaluation.config import EvalConfig, EvalSettings
 from cramming.evaluation.encoding import FieldEncoder, Instance, encode_examples, num_spans
 from cramming.evaluation.finetune import finetune, plan_steps, predict
@@ -45,6 +45,7 @@ class TaskData:
     evals: dict[str, Split] = field(default_factory=dict)  # metric suffix -> labelled split
     tests: dict[str, Split] = field(default_factory=dict)  # submission suffix -> split
     diagnostics: list[TaskData] = field(default_factory=list)
+    subsampled: dict[str, dict] = field(default_factory=dict)  # split -> {"used", "of"}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -59,11 +60,15 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _subset(split: Split, cap: int | None) -> Split:
-    """A fixed random subset (same for every fine-tuning seed), kept in file order."""
+def _subset(split: Split, cap: int | None, data: TaskData) -> Split:
+    """A fixed random subset (same for every fine-tuning seed), kept in file order.
+
+    A cut split is recorded in ``data.subsampled``, so results never pass it off as full.
+    """
     if cap is None or len(split.examples) <= cap:
         return split
     keep = sorted(np.random.default_rng(0).choice(len(split.examples), cap, replace=False))
+    data.subsampled[split.name] = {"used": cap, "of": len(split.examples)}
     return Split(split.name, [split.examples[i] for i in keep], split.rows, split.source)
 
 
@@ -72,7 +77,7 @@ def load_task_data(task: Task, settings: EvalSettings) -> TaskData:
     read = lambda split: read_split(task, split, settings.data_dir, settings.source)  # noqa: E731
     data = TaskData(task)
     if not task.is_diagnostic:
-        data.train = _subset(read("train"), settings.max_train_examples)
+        data.train = _subset(read("train"), settings.max_train_examples, data)
         if not data.train.labelled:
             raise TaskUnavailable(f"train split {data.train.source} has no labels")
     missing = []
@@ -83,7 +88,7 @@ def load_task_data(task: Task, settings: EvalSettings) -> TaskData:
             missing.append(str(reason))
             continue
         if found.labelled:
-            data.evals[suffix] = _subset(found, settings.max_eval_examples)
+            data.evals[suffix] = _subset(found, settings.max_eval_examples, data)
     if settings.predict_test:
         for suffix, split in task.test_splits.items():
             try:
@@ -199,6 +204,8 @@ def _task_entry(task: Task, data: TaskData, plan) -> dict:
                                                      *data.tests.values()] if s},
              "examples": {s.name: len(s.examples) for s in [data.train, *data.evals.values()] if s},
              "seeds": {}}
+    if data.subsampled:
+        entry["subsampled"] = data.subsampled
     if plan is not None:
         entry.update(steps=plan.total_steps, warmup_steps=plan.warmup_steps)
     if task.is_diagnostic:
@@ -243,6 +250,10 @@ def run_evaluation(cfg: EvalConfig, out_dir: Path, encoder: torch.nn.Module, tok
     write_results(results, out_dir)
     if on_result:
         on_result(results)
+    if not any(entry["status"] != "skipped" for entry in ordered.values()):
+        reasons = "; ".join(f"{name}: {entry['reason']}" for name, entry in ordered.items())
+        raise DataError(f"Nothing was evaluated, every task was skipped ({reasons}). Point "
+                        f"eval.data_dir at a folder with glue/ and superglue/, or go online.")
     return results
 
 
