@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from cramming.errors import CheckpointError
 from cramming.evaluation import run_evaluation
 from cramming.evaluation.readers import TaskUnavailable, read_split
 from cramming.evaluation.scoring import compute_metrics
@@ -144,3 +146,82 @@ def test_partial_suite_and_subsampled_dev_are_labelled(tiny_run, shared_data, tm
                                                      "validation": {"used": 40, "of": 277}}
     table = (tmp_path / "results.md").read_text()
     assert glue["label"] in table and "validation subsampled: 40 of 277" in table
+
+
+# --------------------------------------------------------------------------- GLUE_sane
+
+
+def cramming_classifier(folder: Path, **settings):
+    """Our TaskModel built as GLUE_sane builds it, holding the reference classifier weights."""
+    from cramming.architectures import build_model
+    from cramming.architectures.ports import cramming_arch, port_cramming_state_dict
+    from cramming.evaluation.heads import TaskModel, load_cramming_head
+
+    config = json.loads((folder / "config.json").read_text())
+    arch = cramming_arch(config)
+    encoder = build_model(arch, vocab_size=config["embedding"]["vocab_size"],
+                          pad_token_id=config["embedding"]["pad_token_id"])
+    ported = port_cramming_state_dict(load_file(folder / "weights.safetensors"), arch)
+    encoder.load_state_dict(ported.model, strict=True)
+    sane = eval_config(**settings).eval
+    model = TaskModel(encoder, config["num_labels"], 0, sane.classifier_dropout,
+                      pooler=sane.pooler, head_dim=sane.head_dim)
+    load_cramming_head(model, ported.extra)
+    return model.eval()
+
+
+def test_glue_sane_head_matches_crammings_classifier(shared_reference):
+    folder = shared_reference / "cramming-classifier-tiny"
+    model = cramming_classifier(folder)
+    io = load_file(folder / "io.safetensors")
+    assert (io["attention_mask"] == 0).any()  # the fixture pads: the mask must be honoured
+    with torch.no_grad():
+        logits = model(io["input_ids"], io["attention_mask"])
+    torch.testing.assert_close(logits, io["logits"], atol=1e-5, rtol=0)
+    # Another pooler or a head of the encoder's width cannot hold these weights.
+    with pytest.raises(CheckpointError, match="head_dim"):
+        cramming_classifier(folder, head_dim=None)
+    avg = cramming_classifier(folder, pooler="avg")
+    with torch.no_grad():
+        assert not torch.allclose(avg(io["input_ids"], io["attention_mask"]), io["logits"],
+                                  atol=1e-3)
+
+
+def test_glue_sane_recipe_is_crammings():
+    sane = eval_config().eval
+    assert (sane.lr, sane.batch_size, sane.epochs, sane.scheduler, sane.warmup) == (
+        4e-5, 16, 5, "cosine", 0.1)
+    assert (sane.eps, sane.weight_decay, sane.betas) == (1e-6, 0.0, [0.9, 0.98])
+    assert (sane.encoder_dropout, sane.classifier_dropout, sane.pooler, sane.head_dim) == (
+        0.1, 0.1, "zero_index", 1024)
+    assert sane.drop_last and sane.empty_second_segment and not sane.warmup_from_first_task
+
+
+def test_drop_last_and_first_task_warmup():
+    from cramming.evaluation.finetune import first_task_warmup, plan_steps
+
+    sane = eval_config().eval
+    plan = plan_steps(2490, sane)  # RTE: 155 full batches of 16, the last 10 rows dropped
+    assert (plan.steps_per_epoch, plan.total_steps, plan.warmup_steps) == (155, 775, 78)
+    cola = first_task_warmup(8551, sane)  # CoLA first: int(0.1 * 534 * 5)
+    assert cola == 267
+    rte = plan_steps(2490, sane, cola)
+    assert rte.warmup_steps == 267 and rte.warmup_steps / rte.total_steps == pytest.approx(
+        0.3445, abs=1e-3)  # the issue's "RTE gets 34% warmup"
+    keep = eval_config(drop_last=False).eval
+    assert plan_steps(2490, keep).steps_per_epoch == 156
+
+
+def test_single_sentences_get_crammings_second_separator(enwiki_files):
+    from cramming.evaluation.encoding import FieldEncoder
+    from tests.test_eval_encoding import make_tokenizer
+
+    tokenizer = make_tokenizer(enwiki_files, vocab_size=800)
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    cramming = FieldEncoder(tokenizer, 16, empty_second_segment=True)
+    ids, types, _ = cramming.encode(["the history of the world and its many long stories"])
+    assert len(ids) == 16 and ids[0] == cls and ids[-2:] == [sep, sep] and types[-1] == 1
+    pair, _, _ = cramming.encode(["a b", "c d"])
+    assert pair.count(sep) == 2  # pairs are unchanged
+    plain, _, _ = FieldEncoder(tokenizer, 16).encode(["the history"])
+    assert plain.count(sep) == 1

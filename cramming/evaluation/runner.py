@@ -21,8 +21,8 @@ import torch
 from cramming.errors import CheckpointError, DataError
 from cramming.evaluation.config import EvalConfig, EvalSettings
 from cramming.evaluation.encoding import FieldEncoder, Instance, encode_examples, num_spans
-from cramming.evaluation.finetune import finetune, plan_steps, predict
-from cramming.evaluation.heads import TaskModel
+from cramming.evaluation.finetune import finetune, first_task_warmup, plan_steps, predict
+from cramming.evaluation.heads import TaskModel, set_encoder_dropout
 from cramming.evaluation.readers import Split, TaskUnavailable, read_split
 from cramming.evaluation.results import (
     best_epoch,
@@ -127,7 +127,8 @@ class Evaluator:
                         self.max_length, arch_max, arch_max)
             self.max_length = arch_max
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.field_encoder = FieldEncoder(tokenizer, self.max_length)
+        self.field_encoder = FieldEncoder(tokenizer, self.max_length,
+                                          self.settings.empty_second_segment)
 
     def encode(self, task: Task, split: Split) -> list[Instance]:
         return encode_examples(task, split.examples, self.tokenizer, self.max_length,
@@ -153,8 +154,12 @@ class Evaluator:
                                                  folder)))
         return written
 
-    def run_task(self, data: TaskData, seeds: list[int]) -> dict[str, dict]:
-        """Fine-tune ``data.task`` once per seed; results of it and its diagnostics."""
+    def run_task(self, data: TaskData, seeds: list[int],
+                 warmup_steps: int | None = None) -> dict[str, dict]:
+        """Fine-tune ``data.task`` once per seed; results of it and its diagnostics.
+
+        ``warmup_steps`` replaces the per-task warmup (``eval.warmup_from_first_task``).
+        """
         task, settings = data.task, self.settings
         train = self.encode(task, data.train)
         evals = {s: (split, self.encode(task, split)) for s, split in data.evals.items()}
@@ -162,21 +167,25 @@ class Evaluator:
         diagnostics = [(d, {s: (split, self.encode(d.task, split)) for s, split in d.evals.items()},
                         {s: (split, self.encode(d.task, split)) for s, split in d.tests.items()})
                        for d in data.diagnostics]
-        plan = plan_steps(len(train), settings)
+        plan = plan_steps(len(train), settings, warmup_steps)
         results = {task.name: _task_entry(task, data, plan)}
         results.update({d.task.name: _task_entry(d.task, d, None) for d in data.diagnostics})
         for seed in seeds:
             set_seed(seed)
-            model = TaskModel(copy.deepcopy(self.encoder), task.num_outputs, num_spans(task),
+            encoder = copy.deepcopy(self.encoder)
+            if settings.encoder_dropout is not None:
+                set_encoder_dropout(encoder, settings.encoder_dropout)
+            model = TaskModel(encoder, task.num_outputs, num_spans(task),
                               settings.classifier_dropout,
-                              getattr(getattr(self.encoder, "arch", None), "init_std", 0.02))
+                              getattr(getattr(self.encoder, "arch", None), "init_std", 0.02),
+                              settings.pooler, settings.head_dim)
             model.to(self.device)
             score = functools.partial(self._score, model, task, evals)
             history = finetune(
                 model, task, train, settings, seed, self.device, self.pad_id,
                 self.cfg.impl.microbatch_size, score,
                 self.cfg.impl.precision, self.cfg.impl.progress_bar,
-                desc=f"{task.name} seed {seed}")
+                desc=f"{task.name} seed {seed}", plan=plan)
             best = best_epoch(task, history)
             run = {"epochs": history, "last": history[-1], "best": best,
                    "best_epoch": best["epoch"], "predictions": self._write_tests(
@@ -236,9 +245,12 @@ def run_evaluation(cfg: EvalConfig, out_dir: Path, encoder: torch.nn.Module, tok
                 skipped[task.name] = f"needs the {task.train_task} model, which was skipped"
     evaluator = Evaluator(encoder, tokenizer, cfg, out_dir)
     task_results: dict[str, dict] = {}
+    warmup_steps = None
     for task in trainable:
         if task.name in data:
-            task_results.update(evaluator.run_task(data[task.name], settings.seeds))
+            if settings.warmup_from_first_task and warmup_steps is None:
+                warmup_steps = first_task_warmup(len(data[task.name].train.examples), settings)
+            task_results.update(evaluator.run_task(data[task.name], settings.seeds, warmup_steps))
     for name, reason in skipped.items():
         task_results[name] = {"suite": get_task(name).suite, "status": "skipped",
                               "reason": reason}
