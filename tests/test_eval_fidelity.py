@@ -225,3 +225,45 @@ def test_single_sentences_get_crammings_second_separator(enwiki_files):
     assert pair.count(sep) == 2  # pairs are unchanged
     plain, _, _ = FieldEncoder(tokenizer, 16).encode(["the history"])
     assert plain.count(sep) == 1
+
+
+# --------------------------------------------------------------------------- presets
+
+
+def preset(name: str):
+    from hydra import compose, initialize_config_dir
+
+    from cramming.config import CONFIG_DIR
+    from cramming.evaluation import validate_eval_config
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        return validate_eval_config(compose("eval", overrides=[f"eval={name}"])).eval
+
+
+def test_presets_say_what_they_are():
+    glue = preset("GLUE")  # Cramming's GLUE recipe
+    assert (glue.lr, glue.weight_decay, glue.batch_size, glue.epochs, glue.scheduler,
+            glue.warmup, glue.pooler, glue.eps) == (2e-5, 0.1, 32, 10, "linear", 0.06, "avg", 1e-6)
+    ntng = preset("SuperGLUE_ntng")
+    assert (ntng.lr, ntng.epochs, ntng.batch_size, ntng.average) == (5e-5, 10, 16, "ntng")
+    assert "record" not in ntng.tasks and len(ntng.tasks) == 7
+    board = preset("SuperGLUE")
+    assert "record" in board.tasks and board.average == "standard"
+
+
+def test_ntng_average_is_ntngs_and_not_partial_without_record():
+    from cramming.evaluation.results import suite_averages
+
+    names = ["boolq", "cb", "copa", "multirc", "rte_sg", "wic", "wsc"]
+    scores = {"boolq": {"accuracy": 70.0}, "cb": {"accuracy": 80.0, "f1_macro": 60.0},
+              "copa": {"accuracy": 55.0}, "multirc": {"em": 10.0, "f1a": 50.0},
+              "rte_sg": {"accuracy": 60.0}, "wic": {"accuracy": 65.0}, "wsc": {"accuracy": 63.0}}
+    results = {n: {"status": "ok", "seeds": {"0": {"last": s, "best": s}}}
+               for n, s in scores.items()}
+    tasks = [get_task(n) for n in names]
+    ntng = suite_averages(tasks, results, [0], "ntng")["SuperGLUE"]
+    assert ntng["missing"] == [] and "partial" not in ntng["label"] and "NTNG" in ntng["label"]
+    assert ntng["last"]["mean"] == pytest.approx((70 + 60 + 55 + 50 + 60 + 65 + 63) / 7)
+    board = suite_averages(tasks, results, [0])["SuperGLUE"]
+    assert board["missing"] == ["record"] and "partial" in board["label"]
+    assert board["last"]["mean"] == pytest.approx((70 + 70 + 55 + 30 + 60 + 65 + 63) / 7)

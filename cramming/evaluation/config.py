@@ -16,6 +16,7 @@ EVAL_CHOICES: dict[str, tuple[str, ...]] = {
     "eval.scheduler": ("cosine", "linear", "constant"),
     "eval.source": ("auto", "files", "hub"),
     "eval.pooler": ("zero_index", "avg"),
+    "eval.average": ("standard", "ntng"),
     "impl.device": CHOICES["impl.device"],
     "impl.precision": CHOICES["impl.precision"],
 }
@@ -62,6 +63,9 @@ class EvalSettings:
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
     predict_test: bool = True  # write leaderboard files for test splits that exist
+    # Suite averages: standard (Cramming / leaderboard) or ntng (SuperGLUE without ReCoRD,
+    # CB by F1, MultiRC by F1a).
+    average: str = "standard"
 
 
 @dataclass

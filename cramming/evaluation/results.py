@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +21,28 @@ import numpy as np
 from cramming.evaluation.tasks import TASKS, Task
 
 SUITE_NAMES = {"glue": "GLUE", "superglue": "SuperGLUE"}
-# Cramming's GLUE average leaves WNLI out
-# (JonasGeiping/cramming, cramming/config/eval/GLUE_sane.yaml)
-UNAVERAGED = ("wnli",)
+
+
+@dataclass(frozen=True)
+class AverageScheme:
+    """Which tasks a suite average holds and, where it differs from the task's own, how each
+    task enters it."""
+
+    excluded: tuple[str, ...]
+    entries: dict = field(default_factory=dict)  # task -> ((metric, ...), ...)
+    note: str = ""
+
+
+AVERAGE_SCHEMES = {
+    # Cramming's GLUE average leaves WNLI out
+    # (JonasGeiping/cramming, cramming/config/eval/GLUE_sane.yaml).
+    "standard": AverageScheme(excluded=("wnli",)),
+    # NTNG: SuperGLUE without ReCoRD, CB by F1 and MultiRC by F1a
+    # (JeanKaddour/NoTrainNoGain, bert/cramming/config/eval/SuperGLUE.yaml metrics_to_average).
+    "ntng": AverageScheme(excluded=("wnli", "record"),
+                          entries={"cb": (("f1_macro",),), "multirc": (("f1a",),)},
+                          note="NTNG: no ReCoRD, CB F1, MultiRC F1a"),
+}
 
 
 def summarize(values: Sequence[float]) -> dict:
@@ -39,9 +59,10 @@ def to_percent(metrics: dict) -> dict:
     return {k: 100.0 * v for k, v in metrics.items()}
 
 
-def average_entries(task: Task, metrics: dict) -> list[float]:
+def average_entries(task: Task, metrics: dict, scheme: str = "standard") -> list[float]:
     """This task's entries of the suite average (each entry the mean of its metrics)."""
-    return [float(np.mean([metrics[m] for m in group])) for group in task.average]
+    groups = AVERAGE_SCHEMES[scheme].entries.get(task.name, task.average)
+    return [float(np.mean([metrics[m] for m in group])) for group in groups]
 
 
 def task_score(task: Task, metrics: dict) -> float:
@@ -66,27 +87,31 @@ def summarize_task(task: Task, per_seed: dict[int, dict]) -> dict:
     return out
 
 
-def suite_averages(tasks: Iterable[Task], task_results: dict, seeds: Sequence[int]) -> dict:
+def suite_averages(tasks: Iterable[Task], task_results: dict, seeds: Sequence[int],
+                   scheme: str = "standard") -> dict:
     """Per suite: the average per seed, then mean / std / median across seeds."""
     averages = {}
+    rule = AVERAGE_SCHEMES[scheme]
     for suite, label in SUITE_NAMES.items():
-        members = [t for t in tasks if t.suite == suite and t.average]
+        members = [t for t in tasks if t.suite == suite and t.average
+                   and t.name not in rule.excluded]
         if not members:
             continue
         done = [t for t in members if task_results.get(t.name, {}).get("status") == "ok"]
         # "Missing" is against the whole published suite, not just the requested tasks.
         full = [name for name, t in TASKS.items() if t.suite == suite and t.average
-                and name not in UNAVERAGED]
+                and name not in rule.excluded]
         entry = {"tasks": [t.name for t in done],
                  "missing": [n for n in full if n not in {d.name for d in done}],
                  "subsampled": [t.name for t in done if any(
                      split != "train" for split in task_results[t.name].get("subsampled", {}))]}
-        entry["label"] = average_label(label, entry)
+        entry["scheme"] = scheme
+        entry["label"] = average_label(label, entry, rule.note)
         for which in ("last", "best"):
             per_seed = []
             for seed in seeds:
                 entries = [e for t in done for e in average_entries(
-                    t, task_results[t.name]["seeds"][str(seed)][which])]
+                    t, task_results[t.name]["seeds"][str(seed)][which], scheme)]
                 if entries:
                     per_seed.append(float(np.mean(entries)))
             entry[which] = summarize(per_seed)
@@ -94,9 +119,9 @@ def suite_averages(tasks: Iterable[Task], task_results: dict, seeds: Sequence[in
     return averages
 
 
-def average_label(suite: str, entry: dict) -> str:
+def average_label(suite: str, entry: dict, note: str = "") -> str:
     """``GLUE average``, or what it is not: ``GLUE partial average (mnli; missing ...)``."""
-    notes = []
+    notes = [note] if note else []
     if entry["missing"]:
         notes.append(f"{', '.join(entry['tasks']) or 'no task'} only; missing "
                      f"{', '.join(entry['missing'])}")

@@ -258,7 +258,7 @@ def run_evaluation(cfg: EvalConfig, out_dir: Path, encoder: torch.nn.Module, tok
     results = {"name": cfg.name, "preset": settings.name, "model_folder": str(model_folder),
                "unit": "percent", "headline": "last epoch", "seeds": list(settings.seeds),
                "tasks": ordered,
-               "averages": suite_averages(reported, ordered, settings.seeds)}
+               "averages": suite_averages(reported, ordered, settings.seeds, settings.average)}
     write_results(results, out_dir)
     if on_result:
         on_result(results)
