@@ -264,6 +264,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     table = markdown(rows)
     print(table)
+    known = {(row.name, row.folder.name) for row in rows}
+    orphans = [str(path) for path in sorted(root.glob("*/eval/*/results.json"))
+               if run_key(_read_json(path).get("model_folder") or "") not in known]
+    if orphans:  # never guessed from the run name
+        print(f"{len(orphans)} evaluation(s) not shown: their model_folder names no run folder "
+              f"under {root}: {', '.join(orphans)}")
     if args.out:
         Path(args.out).write_text(table)
     png = plot(rows, Path(args.png) if args.png else root / "report.png")

@@ -78,3 +78,14 @@ def test_run_key_reads_relative_and_absolute_paths():
     assert run_key("outputs/a/pretrain/2024-01-01_00-00-00/model") == ("a", "2024-01-01_00-00-00")
     assert run_key("/x/b/pretrain/s1") == ("b", "s1")
     assert run_key("/x/b/model") is None and run_key("") is None
+
+
+def test_evaluations_of_unknown_folders_are_reported_not_attached(tmp_path, capsys):
+    from cramming.report import main
+
+    pretrain_run(tmp_path, "exp", "2024-01-01_00-00-00", "none", "adamw", 100, 5.0)
+    eval_result(tmp_path, "exp", "2024-02-01_00-00-00", "/elsewhere/model",
+                average(80.0, ["cola"], [], "GLUE average"))
+    assert main([str(tmp_path), "--png", str(tmp_path / "r.png")]) == 0
+    out = capsys.readouterr().out
+    assert "80.00" not in out and "1 evaluation(s) not shown" in out

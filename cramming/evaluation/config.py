@@ -45,7 +45,9 @@ class EvalSettings:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-6
     gradient_clipping: float | None = None
-    drop_last: bool = True  # drop each epoch's last partial batch (Cramming's train loader)
+    # Drop each epoch's last partial batch, as Cramming's train loader (the presets set it);
+    # off here so library users (bench/eval_throughput.py) train on every example.
+    drop_last: bool = False
     # Head: pooler (first token or mean over real tokens) -> Linear to head_dim -> Tanh ->
     # dropout -> Linear; head_dim null = the encoder's width.
     pooler: str = "zero_index"

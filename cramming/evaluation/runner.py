@@ -7,6 +7,7 @@ fails in seconds, not after hours of training on the tasks before it.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import logging
 import random
@@ -256,6 +257,7 @@ def run_evaluation(cfg: EvalConfig, out_dir: Path, encoder: torch.nn.Module, tok
                               "reason": reason}
     ordered = {t.name: task_results[t.name] for t in reported if t.name in task_results}
     results = {"name": cfg.name, "preset": settings.name, "model_folder": str(model_folder),
+               "settings": dataclasses.asdict(settings),
                "unit": "percent", "headline": "last epoch", "seeds": list(settings.seeds),
                "tasks": ordered,
                "averages": suite_averages(reported, ordered, settings.seeds, settings.average)}
