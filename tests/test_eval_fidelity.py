@@ -267,3 +267,22 @@ def test_ntng_average_is_ntngs_and_not_partial_without_record():
     board = suite_averages(tasks, results, [0])["SuperGLUE"]
     assert board["missing"] == ["record"] and "partial" in board["label"]
     assert board["last"]["mean"] == pytest.approx((70 + 70 + 55 + 30 + 60 + 65 + 63) / 7)
+
+
+def test_encoder_dropout_reaches_every_dropout(tiny_run):
+    import copy
+
+    from cramming.evaluation.heads import set_encoder_dropout
+
+    _, model, _ = tiny_run
+    encoder = copy.deepcopy(model)
+    set_encoder_dropout(encoder, 0.1)
+    rates = [m.p for m in encoder.modules() if isinstance(m, torch.nn.Dropout)]
+    attention = [m.attention_dropout for m in encoder.modules()
+                 if isinstance(getattr(m, "attention_dropout", None), float)]
+    assert rates and attention and set(rates) == set(attention) == {0.1}
+    ids = torch.randint(5, 500, (2, 16))
+    encoder.train()
+    assert not torch.allclose(encoder.encode(ids), encoder.encode(ids))
+    encoder.eval()
+    torch.testing.assert_close(encoder.encode(ids), encoder.encode(ids))
