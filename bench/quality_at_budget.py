@@ -45,7 +45,7 @@ def overrides_for(kind: str, args: argparse.Namespace, seed: int) -> list[str]:
         f"arch.dropout={args.dropout}", f"arch.attention_dropout={args.dropout}",
         "data=shared-enwiki", f"data.paths=[{args.corpus}]", f"data.vocab_size={args.vocab}",
         f"data.seq_length={args.seq}",
-        f"train.batch_size={args.batch}", f"train.val_batches={args.val_batches}",
+        f"train.batch_size={args.batch}", f"train.val_rows={args.val_batches * args.microbatch}",
         f"impl.microbatch_size={args.microbatch}", "impl.progress_bar=false",
     ]
     if args.max_documents:

@@ -37,7 +37,7 @@ from cramming.backend.runtime import (
     seed_everything,
     write_git_info,
 )
-from cramming.backend.validation import evaluate_objective
+from cramming.backend.validation import PeriodicValidation, evaluate_objective
 from cramming.config.checks import check_writable_dir
 from cramming.config.schema import PretrainConfig
 from cramming.data import MLMMasker, PreparedData, prepare_data
@@ -197,8 +197,9 @@ def _build_run(cfg: PretrainConfig, run_dir: Path, hooks: Sequence[TrainingHook]
     hooks = [*hooks, ema] if ema is not None else hooks
     logger = MetricsLogger(run_dir, cfg.wandb, cfg.name, resolved) if context.is_main else None
     hooks = [*build_hooks(cfg, model, prepared, context.world_size), *hooks]  # cfg.method
+    validation = PeriodicValidation.from_config(cfg, prepared.val, tokenizer)
     trainer = Trainer(cfg, model, prepared.train, objective, runtime, run_dir, hooks, logger,
-                      context)
+                      context, validation)
     if resume != "false":
         trainer.resume()
     return PretrainingRun(cfg, run_dir, runtime, context, prepared, trainer, logger, ema,
@@ -232,8 +233,9 @@ def export(run: PretrainingRun, summary: dict) -> dict:
         scores = evaluate_objective(final_model, run.prepared.val,
                                     MLMMasker.from_tokenizer(tokenizer), run.runtime,
                                     objective=cfg.train.objective,
-                                    batch_size=cfg.impl.microbatch_size,
-                                    max_batches=cfg.train.val_batches,
+                                    batch_size=cfg.train.val_batch_size
+                                    or cfg.impl.microbatch_size,
+                                    max_rows=cfg.train.val_rows,
                                     progress_bar=cfg.impl.progress_bar)
         scores.update(step=trainer.step, progress=trainer.clock.progress(), split="val")
         append_jsonl(run_dir / "validation.jsonl", scores)

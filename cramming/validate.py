@@ -29,6 +29,9 @@ def validate_model(cfg: ValidateConfig) -> dict:
     """Score the selected model on the selected split; append the result to its run folder."""
     if not 0 < cfg.mask_prob < 1:
         raise ConfigError(f"mask_prob={cfg.mask_prob} must be in (0, 1).")
+    if cfg.max_batches is not None and cfg.max_rows is not None:
+        raise ConfigError(f"max_batches={cfg.max_batches} and max_rows={cfg.max_rows}: set "
+                          f"one (max_rows scores the same rows at any batch_size).")
     if cfg.split not in ("val", "train"):
         raise ConfigError(f"split={cfg.split!r}: allowed values are val, train.")
     folder = find_model_folder(cfg.base_dir, cfg.name, cfg.model_path)
@@ -51,7 +54,8 @@ def validate_model(cfg: ValidateConfig) -> dict:
     objective = str((loaded.config.get("train") or {}).get("objective", "mlm"))
     scores = evaluate_objective(model, split, masker, runtime, objective=objective,
                                 mask_prob=cfg.mask_prob, batch_size=cfg.batch_size,
-                                max_batches=cfg.max_batches, seed=cfg.seed,
+                                max_rows=cfg.max_rows if cfg.max_batches is None
+                                else cfg.max_batches * cfg.batch_size, seed=cfg.seed,
                                 progress_bar=cfg.impl.progress_bar)
     scores.update(model=str(folder), data=data_cfg.name, split=cfg.split,
                   corpus_cache=str(prepared.cache_dir))

@@ -4,9 +4,14 @@ Gauss-Newton-Bartlett estimate (Liu et al. 2023, Alg. 2) for masked language mod
 an estimator batch the model's MLM logits at the *masked positions* (the model's output
 distribution over the vocabulary, never hidden states) are used to sample labels
 ``y_hat ~ softmax(logits)``; the gradient ``g_hat`` of the mean cross-entropy against those
-sampled labels, accumulated over the whole estimator batch, gives ``h_hat = B * g_hat**2``
-(``B`` = number of predicted positions), which :meth:`SophiaG.update_hessian` folds into its
-EMA. The passes are charged to the budget clock as ``hessian`` work.
+sampled labels, accumulated over the whole estimator batch, gives ``h_hat = B * g_hat**2``,
+which :meth:`SophiaG.update_hessian` folds into its EMA; ``B`` is NTNG's fixed
+``train.optim.hessian_scale`` (196,608) in the ``sophiag`` preset, else the number of
+predicted positions. The passes are charged to the budget clock as ``hessian`` work.
+
+NTNG (JeanKaddour/NoTrainNoGain, bert/pretrain_bert_sophia.py) sums the mean-loss gradients
+of its 128-sequence microbatches; ``train.optim.hessian_mean_rows=128`` (the ``sophiag``
+preset) does the same whatever ``impl.microbatch_size`` is; null: one mean over the batch.
 """
 
 from __future__ import annotations
@@ -43,17 +48,36 @@ def sample_labels(logits: torch.Tensor, generator: torch.Generator) -> torch.Ten
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
+def prediction_weights(batches: list[Microbatch], mean_rows: int | None) -> torch.Tensor:
+    """Per-sequence weight of each prediction's loss in ``g_hat``.
+
+    ``None``: one mean over every prediction of the estimator batch. ``mean_rows``: NTNG's
+    accumulation, the sum over consecutive groups of ``mean_rows`` sequences (its 128-row
+    microbatches) of each group's mean loss (JeanKaddour/NoTrainNoGain,
+    bert/pretrain_bert_sophia.py: one ``backward()`` of the mean loss per microbatch).
+    """
+    per_row = torch.cat([(b.labels != IGNORE_INDEX).sum(1) for b in batches]).double()
+    if mean_rows is None:
+        return torch.full_like(per_row, 1.0 / max(float(per_row.sum()), 1.0))
+    group = torch.arange(per_row.numel()) // mean_rows
+    totals = torch.zeros(int(group.max()) + 1, dtype=per_row.dtype).index_add_(0, group, per_row)
+    return 1.0 / totals[group].clamp(min=1.0)
+
+
 def estimate_hessian(model: nn.Module, optimizer: SophiaG, batches: list[Microbatch],
                      generator: torch.Generator, device: torch.device,
-                     autocast: object | None = None) -> int:
+                     autocast: object | None = None, mean_rows: int | None = None) -> int:
     """Accumulate ``g_hat`` over ``batches``, fold ``B * g_hat**2`` into ``optimizer``.
 
-    Leaves the gradients cleared; returns ``B``, the number of predicted positions.
+    ``g_hat`` is the gradient of the mean sampled-label loss, or with ``mean_rows`` the sum
+    of the means over groups of that many sequences (:func:`prediction_weights`). Leaves
+    the gradients cleared; returns the number of predicted positions.
     """
     total = int(sum(int((b.labels != IGNORE_INDEX).sum()) for b in batches))
     optimizer.zero_grad(set_to_none=True)
     if total == 0:
         return 0
+    weights, offset = prediction_weights(batches, mean_rows), 0
     for batch in batches:
         labels = batch.labels.to(device)
         context = autocast() if autocast is not None else torch.autocast(device.type,
@@ -62,8 +86,11 @@ def estimate_hessian(model: nn.Module, optimizer: SophiaG, batches: list[Microba
             outputs = model(batch.input_ids.to(device), labels=labels, **batch.model_kwargs)
         logits = masked_logits(outputs, labels)
         sampled = sample_labels(logits, generator)
-        loss = F.cross_entropy(logits.float(), sampled, reduction="sum") / total
-        loss.backward()
+        # predictions are in row-major order: the row of each one gives its weight
+        rows = (batch.labels != IGNORE_INDEX).nonzero()[: logits.shape[0], 0] + offset
+        losses = F.cross_entropy(logits.float(), sampled, reduction="none")
+        (losses * weights[rows].to(device=device, dtype=losses.dtype)).sum().backward()
+        offset += batch.labels.shape[0]
     optimizer.update_hessian(total)
     optimizer.zero_grad(set_to_none=True)
     return total
@@ -77,6 +104,7 @@ class SophiaHessianHook(TrainingHook):
     def __init__(self, cfg: OptimConfig, microbatch_size: int, seed: int):
         self.interval = cfg.hessian_interval
         self.batch_size = cfg.hessian_batch_size or microbatch_size
+        self.mean_rows = cfg.hessian_mean_rows
         self.microbatch_size = microbatch_size
         self.extra = ExtraBatches(self.name)
         self.seed = seed + 15485863
@@ -102,7 +130,7 @@ class SophiaHessianHook(TrainingHook):
         device = trainer.runtime.device
         trainer.model.train()
         estimate_hessian(trainer.model, trainer.optimizer, batches, self.generator(device),
-                         device, trainer.runtime.autocast)
+                         device, trainer.runtime.autocast, self.mean_rows)
         for batch in batches:
             trainer.clock.charge_microbatch(Work(
                 sequences=batch.input_ids.shape[0], tokens=batch.input_ids.numel(),

@@ -1,9 +1,20 @@
-"""The RST budget clock: spends reference seconds per unit of work done."""
+"""The RST budget clock: spends reference seconds per unit of work done.
+
+A table times one microbatch of ``microbatch_size`` rows of ``seq_length`` tokens. Work is
+charged by its tokens, so rows cut shorter by ``train.seq_length_schedule`` cost what their
+tokens cost, not what as many full rows would; a length ``l`` below the table's ``L``
+is charged the ratio of the analytic training FLOPs per token at ``l`` and at ``L``
+(:mod:`cramming.architectures.flops`: attention is linear in the length per token, the
+rest is not), which is exactly 1 at the table's own shape. A microbatch with every layer
+dropped still pays for embedding, head and loss (:meth:`RSTTable.zero_layer_seconds`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
+from cramming.architectures.flops import training_flops_per_token
 from cramming.budget import BudgetKind, register_budget_kind
 from cramming.clock import Clock, Work
 from cramming.config.schema import PretrainConfig
@@ -25,6 +36,7 @@ class RSTClock(Clock):
     def __init__(self, hours: float, table: RSTTable, cfg: PretrainConfig):
         self.total, self.table = hours, table
         self.num_layers, self.microbatch_size = cfg.arch.num_layers, cfg.impl.microbatch_size
+        self.arch, self.mask_prob = cfg.arch, cfg.train.mask_prob
         self.optimizer = cfg.train.optim.name
         rst = cfg.rst
         self.free = {"forward": not rst.charge_scoring_passes,
@@ -45,17 +57,47 @@ class RSTClock(Clock):
                            vocab_size)
         return cls(cfg.budget, table, cfg)
 
+    def _flops_per_token(self, layers: int, seq_length: int) -> float:
+        arch = dataclasses.replace(self.arch, num_layers=layers)
+        return training_flops_per_token(arch, self.table.vocab_size, seq_length, self.mask_prob)
+
+    def length_factor(self, layers: int, seq_length: float) -> float:
+        """Cost per token at ``seq_length`` relative to the table's length (1 there)."""
+        full = self.table.seq_length
+        if seq_length == full:
+            return 1.0
+        length = max(int(round(seq_length)), 1)
+        return self._flops_per_token(layers, length) / self._flops_per_token(layers, full)
+
+    def microbatch_seconds(self, kind: str, layers: int) -> float:
+        """Reference seconds of one table-shaped microbatch (``microbatch_size`` full rows).
+
+        With every layer dropped and a table that cannot extrapolate to 0 layers, the
+        shallowest measured depth is scaled by the FLOPs of embedding and head alone.
+        """
+        row = _ROW[kind]
+        if layers == 0 and self.table.zero_layer_seconds(row) is None:
+            depth = self.table.shallowest_depth(row)
+            full = self.table.seq_length
+            return (self.table.microbatch_seconds(row, depth, self.microbatch_size)
+                    * self._flops_per_token(0, full) / self._flops_per_token(depth, full))
+        return self.table.microbatch_seconds(row, layers, self.microbatch_size)
+
     def work_seconds(self, work: Work) -> float:
-        """Reference seconds of ``work`` (0 when that kind is configured free)."""
+        """Reference seconds of ``work`` (0 when that kind is configured free).
+
+        Its tokens' share of a table-shaped microbatch, times :meth:`length_factor` at its
+        rows' length (``tokens / sequences``).
+        """
         if work.kind not in _ROW:
             raise ValueError(f"RST cannot charge work of kind {work.kind!r}")
-        if self.free.get(work.kind, False):
+        if self.free.get(work.kind, False) or work.tokens == 0:
             return 0.0
         layers = work.active_layers if work.active_layers is not None else self.num_layers
-        if layers == 0:
-            return 0.0
-        full = self.table.microbatch_seconds(_ROW[work.kind], layers, self.microbatch_size)
-        return full * work.sequences * work.replicas / self.microbatch_size
+        share = work.tokens * work.replicas / (self.microbatch_size * self.table.seq_length)
+        length = work.tokens / work.sequences if work.sequences else self.table.seq_length
+        return self.microbatch_seconds(work.kind, layers) * share * self.length_factor(layers,
+                                                                                       length)
 
     def start(self) -> None:
         self._started_at = time.perf_counter()

@@ -131,9 +131,50 @@ class RSTTable:
         weight = (layers - lower) / (upper - lower)
         return row[lower] + weight * (row[upper] - row[lower])
 
+    def zero_layer_seconds(self, kind: str) -> float | None:
+        """Seconds of a full microbatch through no layer (embedding, head, loss, overhead).
+
+        A measured ``"0"`` entry, else the linear extrapolation of the two shallowest
+        measured depths (a kind measured at one depth borrows the ``train`` row's profile);
+        None when neither gives a positive time (the clock then estimates it from FLOPs).
+        """
+        row = self.seconds_by_kind.get(kind) or {}
+        if 0 in row:
+            return row[0]
+        depths = sorted(row)
+        if len(depths) >= 2:
+            low, high = depths[0], depths[1]
+            zero = row[low] - low * (row[high] - row[low]) / (high - low)
+        elif len(depths) == 1 and kind != "train":
+            train_zero, train = self.zero_layer_seconds("train"), self.seconds_by_kind["train"]
+            ref = depths[0]
+            if train_zero is None or ref not in train:
+                return None
+            zero = row[ref] * train_zero / train[ref]
+        else:
+            return None
+        return zero if zero > 0 else None
+
+    def shallowest_depth(self, kind: str) -> int:
+        """The fewest active layers with a timing for ``kind``."""
+        row = self.seconds_by_kind.get(kind)
+        if not row:
+            raise ConfigError(f"RST table {self.path.name} has no '{kind}' timings.")
+        return min(row)
+
     def microbatch_seconds(self, kind: str, layers: int, microbatch_size: int) -> float:
-        """Reference seconds of one full microbatch of ``microbatch_size`` sequences."""
-        seconds = self._depth_seconds(kind, layers)
+        """Reference seconds of one full microbatch of ``microbatch_size`` sequences.
+
+        ``layers=0`` (every layer dropped) is :meth:`zero_layer_seconds`: never free.
+        """
+        if layers == 0:
+            seconds = self.zero_layer_seconds(kind)
+            if seconds is None:
+                raise ConfigError(f"RST table {self.path.name} gives no positive '{kind}' time "
+                                  f"for 0 active layers; measure it with `python -m rst.measure "
+                                  f"--layers 1,2,...`.")
+        else:
+            seconds = self._depth_seconds(kind, layers)
         if microbatch_size == self.microbatch_size:
             return seconds
         if self.microbatch_scaling == "linear":

@@ -83,10 +83,11 @@ def test_eval_py_rte_and_cb_multi_seed(base_dir, shared_data):
                "impl.device=cpu", "impl.threads=1", "impl.progress_bar=false"]
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "| rte | accuracy |" in done.stdout and "SuperGLUE average" in done.stdout
+    assert "| rte (train subsampled: 160 of 2490) (validation subsampled: 120 of 277) | " \
+        "accuracy |" in done.stdout and "SuperGLUE partial average" in done.stdout
     (run,) = sorted((base_dir / "tiny" / "eval").iterdir())
     results = json.loads((run / "results.json").read_text())
-    assert "| cb | f1_macro |" in (run / "results.md").read_text()
+    assert "| cb (train subsampled: 160 of 250) | f1_macro |" in (run / "results.md").read_text()
     rte, cb = results["tasks"]["rte"], results["tasks"]["cb"]
     assert rte["examples"] == {"train": 160, "validation": 120}
     for task, metrics in ((rte, ["accuracy"]), (cb, ["accuracy", "f1_macro"])):
@@ -111,9 +112,12 @@ def test_eval_py_rte_and_cb_multi_seed(base_dir, shared_data):
 
     # The comparison report reads the run, its torn metrics file and this evaluation.
     (row,) = find_runs(base_dir)
-    assert (row.method, row.budget, row.budget_kind) == ("bert-tiny / bert-o4", 40.0, "steps")
+    assert (row.arch, row.recipe, row.budget, row.budget_kind) == (
+        "bert-tiny", "bert-o4", 40.0, "steps")
     assert (row.final_loss, row.val_loss, row.steps) == (6.25, 6.5, 40)
-    assert set(row.downstream) == {"GLUE", "SuperGLUE"} and "n=2" in row.downstream["GLUE"]
+    assert set(row.downstream) == {("GLUE", "GLUE_sane"), ("SuperGLUE", "GLUE_sane")}
+    assert "n=2" in row.downstream[("GLUE", "GLUE_sane")]
+    assert "partial" in row.downstream[("GLUE", "GLUE_sane")]
     assert report_main([str(base_dir), "--png", str(base_dir / "report.png")]) == 0
     assert (base_dir / "report.png").stat().st_size > 1000
 

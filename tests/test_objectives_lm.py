@@ -1,5 +1,5 @@
-"""CLM / MNTP / hybrid objectives: targets, exact ratios, rank split, gradient equivalence,
-span masking, sequence-length schedule, token weighting, EMA."""
+"""CLM / MNTP / hybrid objectives: targets, exact ratios, rank split, span masking,
+sequence-length schedule, EMA. The N-rank hybrid through the engine: test_hybrid_ranks.py."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import dataclasses
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from omegaconf import OmegaConf
 
 from cramming.architectures import build_model
@@ -117,71 +115,9 @@ def test_rank_split_follows_the_ratio_and_rejects_world_sizes_that_do_not_fit():
     assert {ranked.kind_at(i) for i in range(10)} == {"clm"}
 
 
-def gradients(model: torch.nn.Module, objective: HybridObjective,
-              feeds: list[tuple[dict, int]]) -> dict[str, torch.Tensor]:
-    """Accumulated gradient exactly as the engine weights it: loss_weight / accumulation."""
-    model.zero_grad()
-    for data, index in feeds:
-        batch = objective.microbatch(data, 0.3, index)
-        out = model(batch.input_ids, labels=batch.labels, **batch.model_kwargs)
-        (out["loss"] * batch.loss_weight / len(feeds)).backward()
-    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
-
-
 def tiny_model() -> torch.nn.Module:
     torch.manual_seed(0)
     return build_model(lm_config().arch, vocab_size=VOCAB)
-
-
-def rank_feeds(single: HybridObjective, rank: int, world: int, ratio: tuple[int, int],
-               total: int) -> list[tuple[dict, int]]:
-    """Rank ``rank``'s share of the single process's microbatches (same rows, same masks)."""
-    kind = kind_for_rank(rank, world, ratio)
-    mine = [i for i in range(total) if single.kind_at(i) == kind]
-    per_rank = total // world
-    ranks_of_kind = [r for r in range(world) if kind_for_rank(r, world, ratio) == kind]
-    position = ranks_of_kind.index(rank)
-    return [(rows(4, seed=i), i) for i in mine[position * per_rank:(position + 1) * per_rank]]
-
-
-@pytest.mark.parametrize("ratio, world", [((1, 4), 4), ((1, 2), 2), ((3, 4), 4)])
-def test_one_process_gives_the_same_gradient_as_the_rank_split(ratio, world):
-    total = 2 * world
-    model, single = tiny_model(), hybrid(*ratio)
-    reference = gradients(model, single, [(rows(4, seed=i), i) for i in range(total)])
-    per_rank = [gradients(model, hybrid(*ratio, rank=r, world=world),
-                          rank_feeds(single, r, world, ratio, total)) for r in range(world)]
-    for name, grad in reference.items():
-        averaged = sum(g[name] for g in per_rank) / world  # what DDP's all-reduce computes
-        torch.testing.assert_close(averaged, grad, rtol=1e-4, atol=1e-6)
-
-
-def _gloo_worker(rank: int, world: int, store: str, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    try:
-        ratio = (1, 2)
-        model = tiny_model()
-        objective = hybrid(*ratio, rank=rank, world=world)
-        grads = gradients(model, objective, rank_feeds(hybrid(*ratio), rank, world, ratio, 4))
-        for name in sorted(grads):
-            dist.all_reduce(grads[name])
-            grads[name] /= world
-        if rank == 0:
-            torch.save(grads, out)
-    finally:
-        dist.destroy_process_group()
-
-
-def test_two_gloo_processes_match_the_single_process_hybrid(tmp_path):
-    out = tmp_path / "grads.pt"
-    mp.start_processes(_gloo_worker, args=(2, str(tmp_path / "store"), str(out)), nprocs=2,
-                       join=True, start_method="fork")
-    reference = gradients(tiny_model(), hybrid(1, 2), [(rows(4, seed=i), i) for i in range(4)])
-    distributed = torch.load(out)
-    assert distributed.keys() == reference.keys()
-    for name, grad in reference.items():
-        torch.testing.assert_close(distributed[name], grad, rtol=1e-4, atol=1e-6)
 
 
 def test_span_masking_selects_contiguous_spans_at_about_the_rate():
@@ -230,18 +166,6 @@ def test_seq_length_schedule_and_hybrid_config_checks():
             load_pretrain_config(compose("pretrain", [*base, override]))
     with pytest.raises(ConfigError, match="arch.causal=true"):
         load_pretrain_config(compose("pretrain", ["arch=gpt-tiny", "train.batch_size=128"]))
-
-
-def test_token_weighted_loss_counts_targets():
-    cfg = lm_config()
-    cfg.train.token_weighted_loss = True
-    args = ModelArguments(cfg, SEP)
-    clm = CausalLanguageModeling(cfg.train, args).microbatch(rows(4), 0.0, 0)
-    assert clm.loss_weight == 1.0
-    mlm = MaskedLanguageModeling(MLMMasker(VOCAB, MASK, SPECIAL), cfg.train, 0, True, args,
-                                 False).microbatch(rows(4, 64), 0.0, 3)
-    targets = int((mlm.labels != -100).sum())
-    assert mlm.loss_weight == pytest.approx(targets / (cfg.train.mask_prob * 4 * 64))
 
 
 def test_document_ids_and_document_mask_kwargs():

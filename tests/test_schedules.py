@@ -7,7 +7,7 @@ from cramming.schedules import batch_size_at, lr_factor, mask_prob_at
 
 
 def test_triangle_peaks_at_half_and_ends_at_zero():
-    train = TrainConfig(scheduler="triangle", warmup=0.5, cooldown=0.5)
+    train = TrainConfig(scheduler="linear", lr_start=0.0, warmup=0.5)
     assert lr_factor(0.0, train) == 0.0
     assert lr_factor(0.25, train) == pytest.approx(0.5)
     assert lr_factor(0.5, train) == pytest.approx(1.0)
@@ -15,13 +15,14 @@ def test_triangle_peaks_at_half_and_ends_at_zero():
     assert lr_factor(1.0, train) == pytest.approx(0.0)
 
 
-def test_one_cycle_decays_to_zero_at_full_budget():
-    train = TrainConfig(scheduler="one-cycle", warmup=0.1, cooldown=0.9)
-    assert lr_factor(0.0, train) == 0.0
-    assert lr_factor(0.1, train) == pytest.approx(1.0)
-    assert lr_factor(0.55, train) == pytest.approx(0.5)
-    assert lr_factor(1.0, train) == pytest.approx(0.0)
-    assert lr_factor(0.99, train) > 0
+def test_start_fraction_and_cooldown_to_an_end_value():
+    train = TrainConfig(scheduler="constant", lr_start=0.5, warmup=0.2, cooldown=0.2,
+                        lr_end=0.1)
+    assert lr_factor(0.0, train) == pytest.approx(0.5)
+    assert lr_factor(0.1, train) == pytest.approx(0.75)
+    assert lr_factor(0.5, train) == pytest.approx(1.0)
+    assert lr_factor(0.9, train) == pytest.approx(0.55)  # halfway from 1 down to 0.1
+    assert lr_factor(1.0, train) == pytest.approx(0.1)
 
 
 @pytest.mark.parametrize(
@@ -29,14 +30,14 @@ def test_one_cycle_decays_to_zero_at_full_budget():
     [("cosine", 0.5, 0.0), ("linear", 0.5, 0.0), ("constant", 1.0, 1.0)],
 )
 def test_other_shapes_without_warmup(scheduler, mid, end):
-    train = TrainConfig(scheduler=scheduler, warmup=0.0)
+    train = TrainConfig(scheduler=scheduler, lr_start=0.0, warmup=0.0)
     assert lr_factor(0.0, train) == pytest.approx(1.0)
     assert lr_factor(0.5, train) == pytest.approx(mid)
     assert lr_factor(1.0, train) == pytest.approx(end)
 
 
 def test_min_lr_ratio_is_the_floor():
-    train = TrainConfig(scheduler="cosine", warmup=0.0, min_lr_ratio=0.1)
+    train = TrainConfig(scheduler="cosine", lr_start=0.0, warmup=0.0, min_lr_ratio=0.1)
     assert lr_factor(1.0, train) == pytest.approx(0.1)
 
 

@@ -10,7 +10,8 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -28,17 +29,19 @@ from cramming.backend.checkpoint import (
 )
 from cramming.backend.distributed import DistributedContext, agree_on_step, mean_across_ranks
 from cramming.backend.hooks import TrainingHook
-from cramming.backend.metrics import MetricsLogger
+from cramming.backend.metrics import MetricsLogger, StepStatistics, sum_across_ranks
 from cramming.backend.runtime import Runtime, rng_state, set_rng_state
 from cramming.backend.strategies import build_strategy
 from cramming.backend.strategy import Strategy
+from cramming.backend.validation import PeriodicValidation
 from cramming.budget import build_clock
-from cramming.clock import Work, active_layers
+from cramming.clock import BudgetClock, Work, active_layers
 from cramming.config.schema import PretrainConfig
 from cramming.data import PackedDataset
 from cramming.data.identity import check_resume_data, data_identity
 from cramming.data.keyed_random import TRAIN_STREAM as TRAIN_STREAM_ID
 from cramming.data.keyed_random import stream_id
+from cramming.data.masking import IGNORE_INDEX
 from cramming.data.pipeline import DataPipeline, MicrobatchRequest
 from cramming.errors import CheckpointError, ConfigError, TrainingError
 from cramming.objectives import Microbatch, Objective
@@ -67,6 +70,17 @@ def _materialize(record: dict) -> dict:
     return record
 
 
+@contextmanager
+def uncharged(clock: BudgetClock) -> Iterator[None]:
+    """Nothing done inside spends the budget: the clock is put back as it was (every clock
+    restarts its wall timer when it loads a state), so wall time inside is not counted."""
+    state = clock.state_dict()
+    try:
+        yield
+    finally:
+        clock.load_state_dict(state)
+
+
 class Trainer:
     """Trains ``model`` on ``train_data`` until the budget clock is spent."""
 
@@ -75,8 +89,10 @@ class Trainer:
     def __init__(self, cfg: PretrainConfig, model: nn.Module, train_data: PackedDataset,
                  objective: Objective, runtime: Runtime, run_dir: Path,
                  hooks: Sequence[TrainingHook] = (), logger: MetricsLogger | None = None,
-                 context: DistributedContext | None = None):
+                 context: DistributedContext | None = None,
+                 validation: PeriodicValidation | None = None):
         self.cfg, self.runtime, self.run_dir = cfg, runtime, Path(run_dir)
+        self.validation = validation  # held-out loss at fixed budget points
         self.context = context or DistributedContext()
         per_step = cfg.impl.microbatch_size * self.context.world_size
         if cfg.train.batch_size % per_step:
@@ -97,6 +113,8 @@ class Trainer:
                                      workers=cfg.impl.data_workers,
                                      prefetch=cfg.impl.prefetch_microbatches,
                                      pin_memory=runtime.device.type == "cuda")
+        # the losses the objective produces, logged per kind when there are several
+        self.kinds = tuple(getattr(objective, "kinds", (getattr(objective, "kind", "mlm"),)))
         decode = getattr(objective, "static_decode_fraction", None)
         fraction = decode(train_data.seq_length) if decode is not None else None
         if fraction is not None and hasattr(model, "set_static_decode"):
@@ -126,6 +144,7 @@ class Trainer:
             "world_size": self.context.world_size,
             "hooks": {hook.name: hook.state_dict() for hook in self.hooks},
             "data_identity": dict(self.data_identity),
+            "validation": self.validation.state_dict() if self.validation else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -156,6 +175,8 @@ class Trainer:
                         dropped)
         for hook in self.hooks:
             hook.load_state_dict(saved[hook.name])
+        if self.validation is not None:
+            self.validation.load_state_dict(state.get("validation"), self.clock.progress())
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
@@ -278,7 +299,8 @@ class Trainer:
         device = self.runtime.device
         self.model.train()
         self.strategy.zero_grad()
-        weighted, losses, kinds, work = [], [], [], []
+        weighted, work, targets = [], [], []
+        statistics = StepStatistics(self.kinds, device)
         stop_mid_step = (self.clock.may_stop_mid_step and not self.context.enabled
                          and self.strategy.can_stop_mid_step)
         done = 0
@@ -294,11 +316,14 @@ class Trainer:
                         **{key: value.to(device, non_blocking=True)
                            if isinstance(value, torch.Tensor) else value
                            for key, value in batch.model_kwargs.items()})
-                    loss = outputs["loss"] * (batch.loss_weight / accumulation)
+                    if train.token_weighted_loss:  # sum of token losses; normalised below
+                        targets.append(int((batch.labels != IGNORE_INDEX).sum()))
+                        loss = outputs["loss"] * (targets[-1] / accumulation)
+                    else:
+                        loss = outputs["loss"] * (batch.loss_weight / accumulation)
                 self.strategy.backward(loss)
             weighted.append(loss.detach())
-            losses.append(outputs["loss"].detach())
-            kinds.append(batch.kind)
+            statistics.add(batch.kind, outputs["loss"], outputs, batch.mask_rate)
             work.append(Work(sequences=batch.input_ids.shape[0], tokens=batch.input_ids.numel(),
                              active_layers=active_layers(self.model), replicas=world))
             self.tokens += batch.input_ids.numel() * world
@@ -310,22 +335,25 @@ class Trainer:
         for item in work:
             self.clock.charge_microbatch(item)
         self.microbatches += done
-        if done < accumulation:  # finish with the mean gradient of what was computed
-            self.strategy.rescale_gradients(accumulation / done)
+        factor = accumulation / done  # finish with the mean gradient of what was computed
+        if train.token_weighted_loss:  # sum of token losses / all ranks' targets in the step
+            total = int(sum_across_ranks(torch.tensor(sum(targets), device=device), world))
+            factor = world * accumulation / max(total, 1)
+        if factor != 1:
+            self.strategy.rescale_gradients(factor)
         # the loss of the (mean) gradient taken, loss weights included
-        step_loss = torch.stack(weighted).float().sum() * (accumulation / done)
+        step_loss = torch.stack(weighted).float().sum() * factor
         step_loss = mean_across_ranks(step_loss, self.context)
-        stacked = torch.stack(losses).float()
         grad_norm = self.strategy.apply_gradients(train.gradient_clipping)
         self.clock.charge_step()
         self.step += 1
+        # "progress" becomes the progress after this step (run loop); lr, batch size and mask
+        # rate were set at "schedule_progress", the progress when the step began.
         record = {"step": self.step, "loss": step_loss, "lr": lr, "batch_size": batch_size,
                   **self.objective.log_values(progress), "progress": progress,
+                  "schedule_progress": progress,
                   "tokens": self.tokens, "epoch": self.epoch}
-        if len(set(kinds)) > 1:
-            for kind in sorted(set(kinds)):
-                picked = [i for i, name in enumerate(kinds) if name == kind]
-                record[f"loss_{kind}"] = stacked[picked].mean()
+        record.update(statistics.record(world))
         if grad_norm is not None:
             record["grad_norm"] = grad_norm
         record["data_wait_seconds"] = self.data_wait
@@ -398,7 +426,8 @@ class Trainer:
                                                                                 1e-9)
                 last_time, last_tokens = now, self.tokens
                 log_due = self.step % cfg.train.log_every_steps == 0
-                if log_due or decision.save or decision.interrupted or stop:
+                validate = self.validation is not None and self.validation.due(self.progress)
+                if log_due or decision.save or decision.interrupted or stop or validate:
                     record = self._check_finite(pending)[-1]
                     if self.logger is not None and log_due:
                         self.logger.log(record)
@@ -407,6 +436,9 @@ class Trainer:
                                     left=self.clock.remaining_text(), refresh=False)
                 bar.n = int(1000 * self.progress)
                 bar.update(0)
+                if validate:  # before a checkpoint of this step, which then counts it
+                    self.validate()
+                    last_time = time.monotonic()
                 if decision.save or decision.interrupted:
                     self.save()
                     last_save = time.monotonic()
@@ -427,6 +459,22 @@ class Trainer:
             self.logger.log(record)
         if self._stop_signal is not None and callable(previous.get(self._stop_signal)):
             previous[self._stop_signal](self._stop_signal, None)
+        return record
+
+    def validate(self) -> dict:
+        """Held-out loss at the budget point just reached, logged to metrics.jsonl.
+
+        Every rank scores the same rows (sharded models need all ranks in the forward);
+        the time it takes is not charged to the budget (:func:`uncharged`).
+        """
+        with uncharged(self.clock):
+            scores = self.validation.run(self.model, self.runtime, self.progress)
+        record = {"step": self.step, "progress": self.progress, **scores}
+        if self.logger is not None:
+            self.logger.log(record)
+        if self.context.is_main:
+            log.info("Validation at step %d (%.1f%% of the budget): loss %.4f, accuracy %.4f",
+                     self.step, 100 * self.progress, scores["val_loss"], scores["val_accuracy"])
         return record
 
     @property

@@ -10,6 +10,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.distributed as dist
+
 from cramming.config.schema import WandbConfig
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,62 @@ def replace_text(path: Path, text: str) -> None:
         os.fsync(folder)  # the rename itself survives a power loss
     finally:
         os.close(folder)
+
+
+def sum_across_ranks(values: torch.Tensor, world_size: int) -> torch.Tensor:
+    """Element-wise sum of ``values`` over all ranks (a copy; ``values`` itself on 1 rank)."""
+    if world_size <= 1:
+        return values
+    values = values.detach().clone()
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+class StepStatistics:
+    """Per-kind loss and accuracy and the real mask rate of one step, over all ranks.
+
+    Every microbatch counts once: ``loss_<kind>`` is the mean microbatch loss of that kind
+    and ``accuracy_<kind>`` its mean accuracy (predicted = target, over its targets), across
+    every rank's microbatches; with equal microbatch counts per rank that is the average
+    over the ranks training that kind, which is how GPT-BERT logs ``mlm_loss`` /
+    ``clm_loss`` (ltgoslo/gpt-bert, pretraining/train_multi_gpu.py). ``mask_rate`` is the
+    mean selected fraction of maskable tokens over the masked microbatches (GPT-BERT's
+    ``real_mask_p``). One all-reduce per step; values stay on the device.
+    """
+
+    def __init__(self, kinds: tuple[str, ...], device: torch.device):
+        self.kinds = kinds
+        # per kind: loss sum, microbatches, accuracy sum, microbatches with an accuracy;
+        # last row: mask-rate sum, masked microbatches
+        self.values = torch.zeros(len(kinds) + 1, 4, dtype=torch.float32, device=device)
+
+    def add(self, kind: str, loss: torch.Tensor, outputs: dict,
+            mask_rate: float | None) -> None:
+        """Count one microbatch of ``kind`` (``outputs``: the model's, ``loss`` unweighted)."""
+        row = self.kinds.index(kind)
+        self.values[row, 0] += loss.detach().float()
+        self.values[row, 1] += 1
+        correct, predicted = outputs.get("num_correct"), outputs.get("num_predictions")
+        if correct is not None and predicted is not None:
+            self.values[row, 2] += correct.float() / predicted.clamp(min=1).float()
+            self.values[row, 3] += 1
+        if mask_rate is not None:
+            self.values[-1, 0] += mask_rate
+            self.values[-1, 1] += 1
+
+    def record(self, world_size: int) -> dict[str, torch.Tensor]:
+        """``accuracy``, ``mask_rate`` (masked kinds) and, with several kinds,
+        ``loss_<kind>`` / ``accuracy_<kind>``, reduced over ``world_size`` ranks."""
+        total = sum_across_ranks(self.values, world_size)
+        kinds = total[:-1]
+        record = {"accuracy": kinds[:, 2].sum() / kinds[:, 3].sum().clamp(min=1)}
+        if "mlm" in self.kinds:
+            record["mask_rate"] = total[-1, 0] / total[-1, 1].clamp(min=1)
+        if len(self.kinds) > 1:
+            for row, kind in enumerate(self.kinds):
+                record[f"loss_{kind}"] = kinds[row, 0] / kinds[row, 1].clamp(min=1)
+                record[f"accuracy_{kind}"] = kinds[row, 2] / kinds[row, 3].clamp(min=1)
+        return record
 
 
 def append_jsonl(path: Path, record: dict) -> None:

@@ -42,15 +42,17 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig,
     if cfg.name == "lion":
         return Lion(groups, lr=cfg.lr, betas=betas)
     if cfg.name == "sophiag":
-        return SophiaG(groups, lr=cfg.lr, betas=betas, rho=cfg.rho, eps=cfg.eps)
+        return SophiaG(groups, lr=cfg.lr, betas=betas, rho=cfg.rho, eps=cfg.eps,
+                       hessian_scale=cfg.hessian_scale)
     if cfg.name == "lamb":
         return Lamb(groups, lr=cfg.lr, betas=betas, eps=cfg.eps)
     # Fused kernels exist for CUDA and (torch >= 2.4) CPU; other devices use the for-loop.
     fused = cfg.fused if cfg.fused is not None else device.type in ("cuda", "cpu")
-    kwargs = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None)
-    if cfg.name == "adamw":
+    kwargs = dict(lr=cfg.lr, betas=betas, eps=cfg.eps, fused=fused or None)
+    # "adam" is AdamW as in Cramming and NTNG (their optim/adam.yaml: type AdamW);
+    # "adam_classic" is torch Adam, L2 decay in the gradient (NTNG's optim/adam_classic.yaml).
+    if cfg.name in ("adamw", "adam"):
         return torch.optim.AdamW(groups, **kwargs)
-    if cfg.name == "adam":
-        # Adam's decay is L2 in the gradient; keep the same exemptions.
+    if cfg.name == "adam_classic":
         return torch.optim.Adam(groups, **kwargs)
     raise ValueError(f"unknown optimizer {cfg.name}")

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 from cramming.budget import check_budget
-from cramming.config.schema import PretrainConfig
+from cramming.config.schema import OptimConfig, PretrainConfig, TrainConfig
 from cramming.errors import ConfigError
 
 MIN_FREE_BYTES = 100 * 2**20  # base_dir needs room for checkpoints and the data cache
@@ -53,11 +53,8 @@ def check_pretrain_config(cfg: PretrainConfig) -> None:
     _require(train.mask_token_prob >= 0 and train.random_token_prob >= 0
              and train.mask_token_prob + train.random_token_prob <= 1,
              "train.mask_token_prob + train.random_token_prob must lie in [0, 1].")
-    for key in ("warmup", "cooldown", "batch_size_ramp", "min_lr_ratio"):
-        value = getattr(train, key)
-        _require(0 <= value <= 1, f"train.{key}={value} must be in [0, 1].")
-    _require(train.optim.lr > 0, f"train.optim.lr={train.optim.lr} must be > 0.")
-    _require(len(train.optim.betas) == 2, "train.optim.betas needs two values, e.g. [0.9,0.98].")
+    check_schedule_options(train)
+    check_optim_options(train.optim)
     _require(train.log_every_steps >= 1, "train.log_every_steps must be >= 1.")
     _require(train.keep_checkpoints >= 1,
              f"train.keep_checkpoints={train.keep_checkpoints} must be >= 1 (the checkpoint "
@@ -93,6 +90,66 @@ def check_pretrain_config(cfg: PretrainConfig) -> None:
         check_deepspeed_options(cfg)
     check_lm_options(cfg)
     check_method_options(cfg)
+    check_validation_options(cfg)
+
+
+def check_validation_options(cfg: PretrainConfig) -> None:
+    """Periodic validation: one cadence, positive, in units the budget has."""
+    train = cfg.train
+    hours, fraction = train.validate_every_hours, train.validate_every_fraction
+    _require(hours is None or fraction is None,
+             f"train.validate_every_hours={hours} and train.validate_every_fraction={fraction}: "
+             f"set one of them.")
+    _require(fraction is None or 0 < fraction <= 1,
+             f"train.validate_every_fraction={fraction} must be in (0, 1].")
+    if hours is not None:
+        _require(hours > 0, f"train.validate_every_hours={hours} must be > 0.")
+        _require(cfg.budget_kind in ("hours", "rst"),
+                 f"train.validate_every_hours needs a budget in hours (budget_kind=hours or rst), "
+                 f"not {cfg.budget_kind}; use train.validate_every_fraction.")
+    _require(train.val_rows >= 1, f"train.val_rows={train.val_rows} must be >= 1.")
+    _require(train.val_batch_size is None or train.val_batch_size >= 1,
+             f"train.val_batch_size={train.val_batch_size} must be >= 1 (or null).")
+
+
+def check_schedule_options(train: TrainConfig) -> None:
+    """LR and batch-size schedule fields (see ``cramming.schedules``)."""
+    for key in ("lr_start", "warmup", "cooldown", "min_lr_ratio", "lr_end", "batch_size_ramp",
+                "batch_size_start"):
+        value = getattr(train, key)
+        _require(0 <= value <= 1, f"train.{key}={value} must be in [0, 1].")
+    _require(train.warmup + train.cooldown <= 1,
+             f"train.warmup={train.warmup} + train.cooldown={train.cooldown} exceed the "
+             f"budget; their sum must be <= 1.")
+
+
+# Keys of OptimConfig that only some optimizers read; any other optimizer refuses a change.
+OPTIM_ONLY = {"eps": ("adamw", "adam", "adam_classic", "sophiag", "lamb"),
+              "fused": ("adamw", "adam", "adam_classic"),
+              "rho": ("sophiag",), "hessian_interval": ("sophiag",),
+              "hessian_batch_size": ("sophiag",), "hessian_scale": ("sophiag",),
+              "hessian_mean_rows": ("sophiag",)}
+
+
+def check_optim_options(optim: OptimConfig) -> None:
+    """Optimizer values in range; keys another optimizer reads stay at their defaults."""
+    _require(optim.lr > 0, f"train.optim.lr={optim.lr} must be > 0.")
+    _require(len(optim.betas) == 2, "train.optim.betas needs two values, e.g. [0.9,0.98].")
+    _require(optim.weight_decay >= 0,
+             f"train.optim.weight_decay={optim.weight_decay} must be >= 0.")
+    defaults = OptimConfig()
+    for key, users in OPTIM_ONLY.items():
+        if optim.name not in users:
+            _require(getattr(optim, key) == getattr(defaults, key),
+                     f"train.optim.{key}={getattr(optim, key)} does not apply to "
+                     f"train/optim={optim.name} (only to {', '.join(users)}); remove it.")
+    if optim.hessian_scale is not None:
+        _require(optim.hessian_scale > 0,
+                 f"train.optim.hessian_scale={optim.hessian_scale} must be > 0 (or null).")
+    if optim.hessian_mean_rows is not None:
+        _require(optim.hessian_mean_rows >= 1,
+                 f"train.optim.hessian_mean_rows={optim.hessian_mean_rows} must be >= 1 "
+                 f"(or null).")
 
 
 def check_writable_dir(folder: str | Path, key: str = "base_dir",

@@ -21,11 +21,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "arch.activation": ("gelu", "relu", "silu"),
     "arch.position_embedding": ("scaled-sinusoidal", "sinusoidal", "learned", "rope", "relative"),
     "arch.attention_impl": ("auto", "sdpa", "flash-attn", "eager"),
-    "data.source": ("wikiextractor", "text", "jsonl", "hf", "binary"),
+    "data.source": ("wikiextractor", "text", "jsonl", "hf", "binary", "gpt-bert"),
     "data.tokenizer": ("wordpiece", "bpe", "unigram", "pretrained"),
     "train.objective": ("mlm", "clm", "hybrid"),
-    "train.scheduler": ("triangle", "one-cycle", "cosine", "linear", "constant", "inverse-sqrt"),
-    "train.optim.name": ("adamw", "adam", "lion", "sophiag", "lamb"),
+    "train.scheduler": ("linear", "cosine", "constant", "inverse-sqrt"),
+    "train.optim.name": ("adamw", "adam", "adam_classic", "lion", "sophiag", "lamb"),
     "impl.device": ("auto", "cpu", "cuda", "mps"),
     "impl.precision": ("auto", "fp32", "bf16", "fp16"),
     "impl.compile_mode": (None, "default", "reduce-overhead", "max-autotune",
@@ -106,17 +106,22 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
+    """Optimizer (``train/optim`` presets; adam and adamw are AdamW, adam_classic torch Adam)."""
+
     name: str = "adamw"
     lr: float = 1e-3
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
-    eps: float = 1e-12
+    eps: float = 1e-12  # unused by lion
     weight_decay: float = 0.01
-    fused: bool | None = None  # None: fused when the device supports it
+    fused: bool | None = None  # adam / adamw / adam_classic; None: fused where supported
     # Sophia-G only: clipping threshold rho, Hessian estimate every k steps over this many
-    # sequences (null: one microbatch), EMA factor of the estimate is betas[1].
+    # sequences (null: one microbatch), EMA factor of the estimate is betas[1]. The update
+    # divides by rho * hessian_scale * h; null: by the predictions of each estimate.
     rho: float = 0.04
     hessian_interval: int = 10
     hessian_batch_size: int | None = None
+    hessian_scale: float | None = None
+    hessian_mean_rows: int | None = None  # g_hat: sum of mean losses of groups of this many rows
 
 
 @dataclass
@@ -127,10 +132,16 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     batch_size: int = 8192  # sequences per optimizer step
     batch_size_ramp: float = 0.6  # budget fraction over which the batch grows; 0: off
-    scheduler: str = "triangle"
-    warmup: float = 0.5  # budget fraction of linear warmup
-    cooldown: float = 0.5  # budget fraction of the final decay (triangle / one-cycle)
+    batch_size_start: float = 0.0  # ramp start as a fraction of batch_size; 0: one microbatch
+    # LR factor (schedules.lr_factor): lr_start -> 1 linearly until `warmup` (the peak), then
+    # the `scheduler` shape (linear / cosine / constant / inverse-sqrt) towards min_lr_ratio
+    # at 100%; the last `cooldown` of the budget goes linearly from there to lr_end.
+    scheduler: str = "linear"
+    lr_start: float = 0.25
+    warmup: float = 0.75
+    cooldown: float = 0.0
     min_lr_ratio: float = 0.0
+    lr_end: float = 0.0
     gradient_clipping: float | None = 0.5
     objective: str = "mlm"
     mask_prob: float = 0.25
@@ -138,20 +149,28 @@ class TrainConfig:
     mask_token_prob: float = 0.8  # of masked positions: replaced by [MASK]
     random_token_prob: float = 0.1  # of masked positions: replaced by a random token
     exact_mask_count: bool = True  # exactly round(p * seq_length) per row (static decode shape)
+    # true: special tokens may be selected and drawn as random replacements, as Cramming's
+    # collator does (it ignores the special-tokens mask); false: they never are
+    mask_special_tokens: bool = False
     log_every_steps: int = 10
     checkpoint_every_minutes: float = 30.0
     checkpoint_every_steps: int | None = None
     keep_checkpoints: int = 2
     validate_at_end: bool = True
-    val_batches: int = 50
+    # Held-out loss during training at fixed points of the budget (README "Validation"):
+    # every this many budget hours (budget_kind hours or rst; NTNG's impl.validate_every_hours)
+    validate_every_hours: float | None = None
+    validate_every_fraction: float | None = None  # or: every this fraction of the budget
+    val_rows: int = 6400  # the first rows of the held-out split scored (at every point)
+    val_batch_size: int | None = None  # rows per validation forward; null: microbatch_size
     # Causal LM and the GPT-BERT hybrid (objective: clm / hybrid); see README "Objectives".
     hybrid_numerator: int = 1  # MNTP share of the training signal: numerator / denominator
     hybrid_denominator: int = 2
-    mask_span_length: int = 1  # > 1: mask spans of 1..mask_span_length tokens
+    mask_span_length: int = 1  # > 1: GPT-BERT's span masking, spans of 1..mask_span_length
     # [[progress, length], ...]: rows of data.seq_length are cut into shorter rows until
     # that budget fraction (tokens per batch stay constant); null: always data.seq_length.
     seq_length_schedule: list[Any] | None = None
-    token_weighted_loss: bool = False  # weight microbatches by their number of targets
+    token_weighted_loss: bool = False  # step loss = sum of token losses / targets in the step
     z_loss: float = 0.0  # coefficient of the logsumexp(logits)^2 regulariser
     document_mask: bool = False  # tokens attend only within their document (gpt/llama/ltg)
     ema_decay: float | None = None  # keep an exponential moving average of the weights
@@ -288,7 +307,8 @@ class ValidateConfig:
     mask_prob: float = 0.15
     seed: int = 0
     batch_size: int = 64
-    max_batches: int | None = None
+    max_batches: int | None = None  # at most max_batches x batch_size rows
+    max_rows: int | None = None  # the first max_rows rows, whatever batch_size
     split: str = "val"
     impl: ImplConfig = field(default_factory=ImplConfig)
     data: DataConfig | None = None

@@ -15,6 +15,7 @@ folder's own tokenizer, so no text is re-tokenized.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -95,18 +96,21 @@ def binary_tokenizer(paths: list[str]) -> PreTrainedTokenizerFast:
     return tokenizers[0]
 
 
+def pack_token_documents(documents: Iterable[list[int]], work_dir: Path, seq_length: int,
+                         tokenizer: PreTrainedTokenizerFast, max_documents: int | None = None
+                         ) -> tuple[np.ndarray, dict[str, int]]:
+    """Pack token-id documents into rows, like ``pack_documents`` does with text."""
+    writer = RowWriter(work_dir / "packed.bin", seq_length, tokenizer.cls_token_id,
+                       tokenizer.sep_token_id, token_dtype(len(tokenizer)))
+    for document in itertools.islice(documents, max_documents):
+        writer.add(document)
+    rows = writer.close()
+    return rows, {"documents": writer.documents, "tokens": writer.tokens, "rows": writer.rows}
+
+
 def pack_binary_corpus(paths: list[str], work_dir: Path, seq_length: int,
                        tokenizer: PreTrainedTokenizerFast,
                        max_documents: int | None = None) -> tuple[np.ndarray, dict[str, int]]:
-    """Pack the documents of the corpus folders into rows, like ``pack_documents`` does."""
-    writer = RowWriter(work_dir / "packed.bin", seq_length, tokenizer.cls_token_id,
-                       tokenizer.sep_token_id, token_dtype(len(tokenizer)))
-    count = 0
-    for path in paths:
-        for document in BinaryCorpus(path):
-            if max_documents is not None and count >= max_documents:
-                break
-            writer.add(document.tolist())
-            count += 1
-    rows = writer.close()
-    return rows, {"documents": writer.documents, "tokens": writer.tokens, "rows": writer.rows}
+    """Pack the documents of the corpus folders into rows."""
+    documents = (document.tolist() for path in paths for document in BinaryCorpus(path))
+    return pack_token_documents(documents, work_dir, seq_length, tokenizer, max_documents)

@@ -116,7 +116,8 @@ def fingerprint_settings(cfg: DataConfig) -> dict[str, Any]:
         files.append([str(path), stat.st_size, stat.st_mtime_ns])
     settings["files"] = files
     if cfg.tokenizer == "pretrained" and cfg.pretrained_tokenizer:
-        saved = Path(cfg.pretrained_tokenizer).expanduser() / "tokenizer.json"
+        saved = Path(cfg.pretrained_tokenizer).expanduser()
+        saved = saved if saved.is_file() else saved / "tokenizer.json"
         if saved.is_file():  # a local folder: its contents, not just its name, matter
             settings["pretrained_tokenizer_sha256"] = hashlib.sha256(saved.read_bytes()).hexdigest()
     return settings
@@ -173,6 +174,9 @@ def _get_tokenizer(cfg: DataConfig, progress: bool) -> PreTrainedTokenizerFast:
         from cramming.data.binary import binary_tokenizer
 
         return binary_tokenizer(cfg.paths)
+    if cfg.source == "gpt-bert" and cfg.tokenizer != "pretrained":
+        raise DataError("data.source=gpt-bert reads token ids: set data.tokenizer=pretrained "
+                        "and data.pretrained_tokenizer to the tokenizer.json that made them.")
     if cfg.tokenizer == "pretrained":
         if not cfg.pretrained_tokenizer:
             raise DataError("data.tokenizer=pretrained needs data.pretrained_tokenizer "
@@ -200,6 +204,14 @@ def _build(cfg: DataConfig, settings: dict[str, Any], digest: str, out: Path,
 
         rows, counts = pack_binary_corpus(cfg.paths, out, cfg.seq_length, tokenizer,
                                           cfg.max_documents)
+    elif cfg.source == "gpt-bert":  # GPT-BERT's .bin files (cramming.data.gpt_bert)
+        from cramming.data.binary import pack_token_documents
+        from cramming.data.gpt_bert import read_documents
+
+        documents = (ids for path in source_files(cfg)
+                     for ids in read_documents(path, len(tokenizer)))
+        rows, counts = pack_token_documents(documents, out, cfg.seq_length, tokenizer,
+                                            cfg.max_documents)
     else:
         rows, counts = pack_documents(iter_documents(cfg), tokenizer, out, cfg.seq_length,
                                       cfg.tokenize_batch_size, progress=progress)

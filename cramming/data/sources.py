@@ -5,7 +5,7 @@ Sources:
 * ``wikiextractor``: WikiExtractor output (``<doc id=.. url=.. title=..>`` ... ``</doc>``
   blocks); the title line is dropped.
 * ``text``: plain text files; documents are separated by one or more empty lines.
-* ``jsonl``: one JSON object per line, text in ``cfg.text_field``.
+* ``jsonl``: one JSON object per line, text in ``cfg.text_field``, or one JSON string per line.
 * ``hf``: ``datasets.load_dataset(cfg.hf_name, cfg.hf_config, ...)``, text in ``cfg.text_field``.
 
 ``cfg.paths`` entries are files, folders (read recursively) or glob patterns; relative
@@ -64,7 +64,7 @@ def resolve_paths(patterns: Iterable[str], what: str = "data.paths") -> list[Pat
 
 def source_files(cfg: DataConfig) -> list[Path]:
     """Local files the corpus is read from ([] for hub datasets)."""
-    if cfg.source in LOCAL_SOURCES or cfg.source == "binary":  # binary: cramming.data.binary
+    if cfg.source in (*LOCAL_SOURCES, "binary", "gpt-bert"):  # token files: binary, gpt_bert
         return resolve_paths(cfg.paths)
     if cfg.source == "hf":  # only local matches; other entries are patterns inside the hub repo
         matches = (Path(m) for pattern in cfg.hf_data_files
@@ -176,7 +176,8 @@ def read_text(path: Path) -> Iterator[str]:
 
 
 def read_jsonl(path: Path, text_field: str) -> Iterator[str]:
-    """``text_field`` of every JSON object in a JSON-lines file."""
+    """``text_field`` of every JSON object in a JSON-lines file; a line that is a JSON
+    string is the document itself (GPT-BERT's files)."""
     for number, line in enumerate(_lines(path), start=1):
         if not line.strip():
             continue
@@ -184,6 +185,9 @@ def read_jsonl(path: Path, text_field: str) -> Iterator[str]:
             record = json.loads(line)
         except json.JSONDecodeError as error:
             raise DataError(f"{path}, line {number}: invalid JSON ({error.msg}).") from None
+        if isinstance(record, str):  # GPT-BERT's JSONL: each line is the text itself
+            yield record
+            continue
         if not isinstance(record, dict) or text_field not in record:
             keys = ", ".join(record) if isinstance(record, dict) else type(record).__name__
             raise DataError(f"{path}, line {number}: no field '{text_field}' (found: {keys}). "

@@ -253,8 +253,13 @@ def _vocab_too_small(cfg: DataConfig, needed: int) -> DataError:
 
 
 def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerFast:
-    """Load a tokenizer from a ``save_pretrained`` folder or, online, a hub name."""
+    """Load a tokenizer from a ``save_pretrained`` folder, a ``tokenizer.json`` file
+    (e.g. GPT-BERT's, see :mod:`cramming.data.gpt_bert`) or, online, a hub name."""
     path = Path(name_or_path).expanduser()
+    if path.is_file():
+        from cramming.data.gpt_bert import load_tokenizer_file
+
+        return load_tokenizer_file(path)
     local = path.is_dir()
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path) if local else str(name_or_path))

@@ -61,9 +61,11 @@ def fit_lengths(lengths: Sequence[int], budget: int) -> list[int]:
 class FieldEncoder:
     """Tokenizes field texts once (cached) and assembles them into model inputs."""
 
-    def __init__(self, tokenizer: Any, max_length: int):
+    def __init__(self, tokenizer: Any, max_length: int, empty_second_segment: bool = False):
         self.tokenizer = tokenizer
         self.max_length = max_length
+        # One field -> [CLS] text [SEP] [SEP], as a pair with an empty second text.
+        self.empty_second_segment = empty_second_segment
         self.cls_id, self.sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
         if self.cls_id is None or self.sep_id is None:
             raise DataError("The checkpoint's tokenizer has no [CLS] / [SEP] token; "
@@ -86,7 +88,8 @@ class FieldEncoder:
         """Token ids, token types and the token range of each (field, start, end) char span."""
         self.prepare(fields)
         pieces = [self._cache[text] for text in fields]
-        budget = self.max_length - len(fields) - 1  # [CLS] + one [SEP] per field
+        empty = self.empty_second_segment and len(fields) == 1
+        budget = self.max_length - len(fields) - 1 - empty  # [CLS] + one [SEP] per field
         if budget < len(fields):
             raise DataError(f"max_seq_length={self.max_length} is too short for "
                             f"{len(fields)} fields.")
@@ -96,6 +99,9 @@ class FieldEncoder:
             starts.append(len(input_ids))
             input_ids += ids[:keep] + [self.sep_id]
             token_types += [0 if number == 0 else 1] * (keep + 1)
+        if empty:
+            input_ids.append(self.sep_id)
+            token_types.append(1)
         spans = []
         for field_index, char_start, char_end in char_spans:
             offsets = pieces[field_index][1][:kept[field_index]]

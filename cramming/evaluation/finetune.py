@@ -26,17 +26,32 @@ class Plan:
     steps_per_epoch: int
     total_steps: int
     warmup_steps: int
+    drop_last: bool = False  # the last partial batch of an epoch is not trained on
 
 
-def plan_steps(num_train: int, settings: EvalSettings) -> Plan:
-    """Steps from this task's size; a fractional warmup is a fraction of *these* steps."""
-    per_epoch = max(math.ceil(num_train / settings.batch_size), 1)
+def plan_steps(num_train: int, settings: EvalSettings, warmup_steps: int | None = None) -> Plan:
+    """Steps from this task's size; a fractional warmup is a fraction of *these* steps.
+
+    ``warmup_steps`` overrides that (Cramming's reuse of the first task's count).
+    """
+    drop_last = settings.drop_last and num_train >= settings.batch_size
+    per_epoch = (num_train // settings.batch_size if drop_last
+                 else max(math.ceil(num_train / settings.batch_size), 1))
     total = per_epoch * settings.epochs
-    if settings.warmup < 1:
+    if warmup_steps is not None:
+        warmup = warmup_steps
+    elif settings.warmup < 1:
         warmup = int(round(settings.warmup * total))
     else:
         warmup = min(int(settings.warmup), total)
-    return Plan(per_epoch, total, warmup)
+    return Plan(per_epoch, total, warmup, drop_last)
+
+
+def first_task_warmup(num_train: int, settings: EvalSettings) -> int:
+    """Cramming's warmup count: int(fraction x the first task's steps), then kept for all."""
+    if settings.warmup >= 1:
+        return int(settings.warmup)
+    return int(settings.warmup * plan_steps(num_train, settings).total_steps)
 
 
 def lr_multiplier(step: int, plan: Plan, scheduler: str) -> float:
@@ -73,9 +88,9 @@ def _chunks(items: Sequence, size: int):
 def finetune(model: TaskModel, task: Task, train: Sequence[Instance], settings: EvalSettings,
              seed: int, device: torch.device, pad_id: int, microbatch_size: int,
              on_epoch_end: Callable[[], dict], precision: str = "fp32",
-             progress: bool = True, desc: str = "") -> list[dict]:
+             progress: bool = True, desc: str = "", plan: Plan | None = None) -> list[dict]:
     """Train ``model`` on ``train``; after each epoch record loss + ``on_epoch_end()``."""
-    plan = plan_steps(len(train), settings)
+    plan = plan or plan_steps(len(train), settings)
     optimizer = torch.optim.AdamW(parameter_groups(model, settings.weight_decay), lr=settings.lr,
                                   betas=tuple(settings.betas), eps=settings.eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -89,6 +104,8 @@ def finetune(model: TaskModel, task: Task, train: Sequence[Instance], settings: 
         order = torch.randperm(len(train), generator=generator).tolist()
         losses = []
         for batch_ids in _chunks(order, settings.batch_size):
+            if plan.drop_last and len(batch_ids) < settings.batch_size:
+                break
             optimizer.zero_grad(set_to_none=True)
             step_loss = 0.0
             for micro_ids in _chunks(batch_ids, microbatch_size):

@@ -130,10 +130,14 @@ def record_scores(predictions: Sequence[str], answers: Sequence[Sequence[str]]) 
 
 
 def gender_parity(predictions: Sequence, pairs: Sequence[Hashable]) -> float:
-    """AX-g: fraction of minimal pairs (same ``pairs`` id) whose predictions all agree."""
-    groups: dict[Hashable, set] = defaultdict(set)
+    """AX-g: fraction of minimal pairs (same ``pairs`` id) whose predictions all agree.
+
+    Groups with a single member (a pair cut by subsampling) are left out: they cannot disagree.
+    """
+    groups: dict[Hashable, list] = defaultdict(list)
     for guess, pair in zip(predictions, pairs):
-        groups[pair].add(guess if not isinstance(guess, np.generic) else guess.item())
-    if not groups:
+        groups[pair].append(guess if not isinstance(guess, np.generic) else guess.item())
+    complete = [len(set(values)) == 1 for values in groups.values() if len(values) > 1]
+    if not complete:
         return float("nan")
-    return float(np.mean([len(values) == 1 for values in groups.values()]))
+    return float(np.mean(complete))

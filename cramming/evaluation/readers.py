@@ -7,7 +7,7 @@ Every reader returns plain-dict examples in one normalised form:
   ``idx``     the id the leaderboard submission uses
   plus per-kind extras: ``spans`` (field, char start, char end) for WiC / WSC,
   ``choices`` for COPA, ``group`` for MultiRC, ``entities`` / ``answers`` for ReCoRD,
-  ``pair`` for AX-g.
+  ``row`` (the record's position in the file; AX-g pairs rows 2k and 2k+1).
 
 Absent files raise :class:`TaskUnavailable` (the task is skipped); malformed files raise
 :class:`~cramming.errors.DataError` naming the file, line and key.
@@ -134,8 +134,6 @@ def _parse_nli(task: Task, r: dict, where: str) -> list[dict]:
         "sentence1", "sentence2")
     example = {"texts": [_get(r, k, where) for k in keys],
                "label": _label_id(task, r.get("label"), where), "idx": r.get("idx")}
-    if "pair_id" in r:
-        example["pair"] = r["pair_id"]
     return [example]
 
 
@@ -232,8 +230,10 @@ def _parse_records(task: Task, records: Iterable[tuple[str, dict]]) -> tuple[lis
     parse = PARSERS[task.reader]
     examples, rows = [], 0
     for where, record in records:
+        for example in parse(task, record, where):
+            example["row"] = rows  # AX-g pairs rows (2k, 2k+1); kept through subsampling
+            examples.append(example)
         rows += 1
-        examples.extend(parse(task, record, where))
     return examples, rows
 
 
@@ -340,28 +340,42 @@ def read_hub(task: Task, split: str) -> Split:
 # --------------------------------------------------------------------------- entry point
 
 
-def task_folder(task: Task, data_dir: str | Path) -> Path:
+def task_folder(task: Task, data_dir: str | Path, folder: str | None = None) -> Path:
     """``<data_dir>/<suite>/<folder>``, or ``<data_dir>/<folder>`` if that is how it is laid out."""
     root = Path(data_dir).expanduser()
-    nested = root / task.suite / task.folder
-    return nested if nested.is_dir() or not (root / task.folder).is_dir() else root / task.folder
+    folder = folder or task.folder
+    nested = root / task.suite / folder
+    return nested if nested.is_dir() or not (root / folder).is_dir() else root / folder
+
+
+def candidate_files(task: Task, split: str, data_dir: str | Path) -> list[tuple[Path, Any]]:
+    """Every (path, TsvLayout or None) where ``split`` may live, in the order tried."""
+    spec = task.files[split]
+    alternatives = spec if isinstance(spec, list) else [spec]
+    return [(task_folder(task, data_dir, folder) / name, layout)
+            for folder in (task.folder, *task.other_folders)
+            for name, layout in (a if isinstance(a, tuple) else (a, None) for a in alternatives)]
 
 
 def read_split(task: Task, split: str, data_dir: str | None, source: str = "auto") -> Split:
     """Read one split. ``source``: files (``data_dir``), hub, or auto (files if present)."""
     if split not in task.files:
         raise TaskUnavailable(f"{task.name} has no {split} split")
-    spec = task.files[split]
+    tried = ""
     if source in ("files", "auto") and data_dir:
-        file_name, layout = spec if isinstance(spec, tuple) else (spec, None)
-        path = task_folder(task, data_dir) / file_name
-        if path.is_file():
-            result = read_tsv(task, path, layout) if layout else read_jsonl(task, path)
-            result.name = split
-            return result
+        candidates = candidate_files(task, split, data_dir)
+        for path, layout in candidates:
+            if path.is_file():
+                result = read_tsv(task, path, layout) if layout else read_jsonl(task, path)
+                result.name = split
+                return result
+        tried = "no file " + " or ".join(str(path) for path, _ in candidates)
         if source == "files":
-            raise TaskUnavailable(f"no file {path}")
-        log.info("%s not found; trying the hub for %s", path, task.name)
+            raise TaskUnavailable(tried)
+        log.info("%s; trying the hub for %s", tried, task.name)
     if source == "files":
         raise TaskUnavailable("eval.data_dir is not set (needed with eval.source=files)")
-    return read_hub(task, split)
+    try:
+        return read_hub(task, split)
+    except TaskUnavailable as reason:
+        raise TaskUnavailable(f"{tried}; {reason}" if tried else str(reason)) from None

@@ -13,13 +13,36 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from cramming.evaluation.tasks import Task
+from cramming.evaluation.tasks import TASKS, Task
 
 SUITE_NAMES = {"glue": "GLUE", "superglue": "SuperGLUE"}
+
+
+@dataclass(frozen=True)
+class AverageScheme:
+    """Which tasks a suite average holds and, where it differs from the task's own, how each
+    task enters it."""
+
+    excluded: tuple[str, ...]
+    entries: dict = field(default_factory=dict)  # task -> ((metric, ...), ...)
+    note: str = ""
+
+
+AVERAGE_SCHEMES = {
+    # Cramming's GLUE average leaves WNLI out
+    # (JonasGeiping/cramming, cramming/config/eval/GLUE_sane.yaml).
+    "standard": AverageScheme(excluded=("wnli",)),
+    # NTNG: SuperGLUE without ReCoRD, CB by F1 and MultiRC by F1a
+    # (JeanKaddour/NoTrainNoGain, bert/cramming/config/eval/SuperGLUE.yaml metrics_to_average).
+    "ntng": AverageScheme(excluded=("wnli", "record"),
+                          entries={"cb": (("f1_macro",),), "multirc": (("f1a",),)},
+                          note="NTNG: no ReCoRD, CB F1, MultiRC F1a"),
+}
 
 
 def summarize(values: Sequence[float]) -> dict:
@@ -36,9 +59,10 @@ def to_percent(metrics: dict) -> dict:
     return {k: 100.0 * v for k, v in metrics.items()}
 
 
-def average_entries(task: Task, metrics: dict) -> list[float]:
+def average_entries(task: Task, metrics: dict, scheme: str = "standard") -> list[float]:
     """This task's entries of the suite average (each entry the mean of its metrics)."""
-    return [float(np.mean([metrics[m] for m in group])) for group in task.average]
+    groups = AVERAGE_SCHEMES[scheme].entries.get(task.name, task.average)
+    return [float(np.mean([metrics[m] for m in group])) for group in groups]
 
 
 def task_score(task: Task, metrics: dict) -> float:
@@ -63,26 +87,53 @@ def summarize_task(task: Task, per_seed: dict[int, dict]) -> dict:
     return out
 
 
-def suite_averages(tasks: Iterable[Task], task_results: dict, seeds: Sequence[int]) -> dict:
+def suite_averages(tasks: Iterable[Task], task_results: dict, seeds: Sequence[int],
+                   scheme: str = "standard") -> dict:
     """Per suite: the average per seed, then mean / std / median across seeds."""
     averages = {}
+    rule = AVERAGE_SCHEMES[scheme]
     for suite, label in SUITE_NAMES.items():
-        members = [t for t in tasks if t.suite == suite and t.average]
+        members = [t for t in tasks if t.suite == suite and t.average
+                   and t.name not in rule.excluded]
         if not members:
             continue
         done = [t for t in members if task_results.get(t.name, {}).get("status") == "ok"]
+        # "Missing" is against the whole published suite, not just the requested tasks.
+        full = [name for name, t in TASKS.items() if t.suite == suite and t.average
+                and name not in rule.excluded]
         entry = {"tasks": [t.name for t in done],
-                 "missing": [t.name for t in members if t.name not in {d.name for d in done}]}
+                 "missing": [n for n in full if n not in {d.name for d in done}],
+                 "subsampled": [t.name for t in done if any(
+                     split != "train" for split in task_results[t.name].get("subsampled", {}))]}
+        entry["scheme"] = scheme
+        entry["label"] = average_label(label, entry, rule.note)
         for which in ("last", "best"):
             per_seed = []
             for seed in seeds:
                 entries = [e for t in done for e in average_entries(
-                    t, task_results[t.name]["seeds"][str(seed)][which])]
+                    t, task_results[t.name]["seeds"][str(seed)][which], scheme)]
                 if entries:
                     per_seed.append(float(np.mean(entries)))
             entry[which] = summarize(per_seed)
         averages[label] = entry
     return averages
+
+
+def average_label(suite: str, entry: dict, note: str = "") -> str:
+    """``GLUE average``, or what it is not: ``GLUE partial average (mnli; missing ...)``."""
+    notes = [note] if note else []
+    if entry["missing"]:
+        notes.append(f"{', '.join(entry['tasks']) or 'no task'} only; missing "
+                     f"{', '.join(entry['missing'])}")
+    if entry.get("subsampled"):
+        notes.append(f"subsampled dev: {', '.join(entry['subsampled'])}")
+    kind = "partial average" if entry["missing"] else "average"
+    return f"{suite} {kind}" + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def _subsample_note(task: dict) -> str:
+    cut = task.get("subsampled") or {}
+    return "".join(f" ({split} subsampled: {c['used']} of {c['of']})" for split, c in cut.items())
 
 
 def _fmt(summary: dict | None) -> str:
@@ -101,15 +152,16 @@ def markdown_table(results: dict) -> str:
              "| task | metric | last epoch (headline) | best epoch |", "|---|---|---|---|"]
     for name, task in results["tasks"].items():
         if task["status"] != "ok":
-            lines.append(f"| {name} | skipped | {task['reason']} | |")
+            lines.append(f"| {name} | {task['status']} | {task['reason']} | |")
             continue
         for metric, last in task["last"].items():
             if metric == "score":
                 continue
-            lines.append(f"| {name} | {metric} | {_fmt(last)} | {_fmt(task['best'][metric])} |")
+            lines.append(f"| {name}{_subsample_note(task)} | {metric} | {_fmt(last)} | "
+                         f"{_fmt(task['best'][metric])} |")
     for suite, average in results["averages"].items():
-        note = f" (missing: {', '.join(average['missing'])})" if average["missing"] else ""
-        lines.append(f"| **{suite} average**{note} | {len(average['tasks'])} tasks | "
+        label = average.get("label") or f"{suite} average"
+        lines.append(f"| **{label}** | {len(average['tasks'])} tasks | "
                      f"**{_fmt(average['last'])}** | {_fmt(average['best'])} |")
     lines.append("")
     lines.append("Scores in percent. Headline: last epoch. ± is the std over fine-tuning seeds.")

@@ -7,6 +7,7 @@ fails in seconds, not after hours of training on the tasks before it.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import logging
 import random
@@ -18,11 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from cramming.errors import CheckpointError
+from cramming.errors import CheckpointError, DataError
 from cramming.evaluation.config import EvalConfig, EvalSettings
 from cramming.evaluation.encoding import FieldEncoder, Instance, encode_examples, num_spans
-from cramming.evaluation.finetune import finetune, plan_steps, predict
-from cramming.evaluation.heads import TaskModel
+from cramming.evaluation.finetune import finetune, first_task_warmup, plan_steps, predict
+from cramming.evaluation.heads import TaskModel, set_encoder_dropout
 from cramming.evaluation.readers import Split, TaskUnavailable, read_split
 from cramming.evaluation.results import (
     best_epoch,
@@ -45,6 +46,7 @@ class TaskData:
     evals: dict[str, Split] = field(default_factory=dict)  # metric suffix -> labelled split
     tests: dict[str, Split] = field(default_factory=dict)  # submission suffix -> split
     diagnostics: list[TaskData] = field(default_factory=list)
+    subsampled: dict[str, dict] = field(default_factory=dict)  # split -> {"used", "of"}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -59,11 +61,15 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _subset(split: Split, cap: int | None) -> Split:
-    """A fixed random subset (same for every fine-tuning seed), kept in file order."""
+def _subset(split: Split, cap: int | None, data: TaskData) -> Split:
+    """A fixed random subset (same for every fine-tuning seed), kept in file order.
+
+    A cut split is recorded in ``data.subsampled``, so results never pass it off as full.
+    """
     if cap is None or len(split.examples) <= cap:
         return split
     keep = sorted(np.random.default_rng(0).choice(len(split.examples), cap, replace=False))
+    data.subsampled[split.name] = {"used": cap, "of": len(split.examples)}
     return Split(split.name, [split.examples[i] for i in keep], split.rows, split.source)
 
 
@@ -72,7 +78,7 @@ def load_task_data(task: Task, settings: EvalSettings) -> TaskData:
     read = lambda split: read_split(task, split, settings.data_dir, settings.source)  # noqa: E731
     data = TaskData(task)
     if not task.is_diagnostic:
-        data.train = _subset(read("train"), settings.max_train_examples)
+        data.train = _subset(read("train"), settings.max_train_examples, data)
         if not data.train.labelled:
             raise TaskUnavailable(f"train split {data.train.source} has no labels")
     missing = []
@@ -83,7 +89,7 @@ def load_task_data(task: Task, settings: EvalSettings) -> TaskData:
             missing.append(str(reason))
             continue
         if found.labelled:
-            data.evals[suffix] = _subset(found, settings.max_eval_examples)
+            data.evals[suffix] = _subset(found, settings.max_eval_examples, data)
     if settings.predict_test:
         for suffix, split in task.test_splits.items():
             try:
@@ -122,7 +128,8 @@ class Evaluator:
                         self.max_length, arch_max, arch_max)
             self.max_length = arch_max
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.field_encoder = FieldEncoder(tokenizer, self.max_length)
+        self.field_encoder = FieldEncoder(tokenizer, self.max_length,
+                                          self.settings.empty_second_segment)
 
     def encode(self, task: Task, split: Split) -> list[Instance]:
         return encode_examples(task, split.examples, self.tokenizer, self.max_length,
@@ -148,8 +155,12 @@ class Evaluator:
                                                  folder)))
         return written
 
-    def run_task(self, data: TaskData, seeds: list[int]) -> dict[str, dict]:
-        """Fine-tune ``data.task`` once per seed; results of it and its diagnostics."""
+    def run_task(self, data: TaskData, seeds: list[int],
+                 warmup_steps: int | None = None) -> dict[str, dict]:
+        """Fine-tune ``data.task`` once per seed; results of it and its diagnostics.
+
+        ``warmup_steps`` replaces the per-task warmup (``eval.warmup_from_first_task``).
+        """
         task, settings = data.task, self.settings
         train = self.encode(task, data.train)
         evals = {s: (split, self.encode(task, split)) for s, split in data.evals.items()}
@@ -157,21 +168,25 @@ class Evaluator:
         diagnostics = [(d, {s: (split, self.encode(d.task, split)) for s, split in d.evals.items()},
                         {s: (split, self.encode(d.task, split)) for s, split in d.tests.items()})
                        for d in data.diagnostics]
-        plan = plan_steps(len(train), settings)
+        plan = plan_steps(len(train), settings, warmup_steps)
         results = {task.name: _task_entry(task, data, plan)}
         results.update({d.task.name: _task_entry(d.task, d, None) for d in data.diagnostics})
         for seed in seeds:
             set_seed(seed)
-            model = TaskModel(copy.deepcopy(self.encoder), task.num_outputs, num_spans(task),
+            encoder = copy.deepcopy(self.encoder)
+            if settings.encoder_dropout is not None:
+                set_encoder_dropout(encoder, settings.encoder_dropout)
+            model = TaskModel(encoder, task.num_outputs, num_spans(task),
                               settings.classifier_dropout,
-                              getattr(getattr(self.encoder, "arch", None), "init_std", 0.02))
+                              getattr(getattr(self.encoder, "arch", None), "init_std", 0.02),
+                              settings.pooler, settings.head_dim)
             model.to(self.device)
             score = functools.partial(self._score, model, task, evals)
             history = finetune(
                 model, task, train, settings, seed, self.device, self.pad_id,
                 self.cfg.impl.microbatch_size, score,
                 self.cfg.impl.precision, self.cfg.impl.progress_bar,
-                desc=f"{task.name} seed {seed}")
+                desc=f"{task.name} seed {seed}", plan=plan)
             best = best_epoch(task, history)
             run = {"epochs": history, "last": history[-1], "best": best,
                    "best_epoch": best["epoch"], "predictions": self._write_tests(
@@ -199,6 +214,8 @@ def _task_entry(task: Task, data: TaskData, plan) -> dict:
                                                      *data.tests.values()] if s},
              "examples": {s.name: len(s.examples) for s in [data.train, *data.evals.values()] if s},
              "seeds": {}}
+    if data.subsampled:
+        entry["subsampled"] = data.subsampled
     if plan is not None:
         entry.update(steps=plan.total_steps, warmup_steps=plan.warmup_steps)
     if task.is_diagnostic:
@@ -229,20 +246,28 @@ def run_evaluation(cfg: EvalConfig, out_dir: Path, encoder: torch.nn.Module, tok
                 skipped[task.name] = f"needs the {task.train_task} model, which was skipped"
     evaluator = Evaluator(encoder, tokenizer, cfg, out_dir)
     task_results: dict[str, dict] = {}
+    warmup_steps = None
     for task in trainable:
         if task.name in data:
-            task_results.update(evaluator.run_task(data[task.name], settings.seeds))
+            if settings.warmup_from_first_task and warmup_steps is None:
+                warmup_steps = first_task_warmup(len(data[task.name].train.examples), settings)
+            task_results.update(evaluator.run_task(data[task.name], settings.seeds, warmup_steps))
     for name, reason in skipped.items():
         task_results[name] = {"suite": get_task(name).suite, "status": "skipped",
                               "reason": reason}
     ordered = {t.name: task_results[t.name] for t in reported if t.name in task_results}
     results = {"name": cfg.name, "preset": settings.name, "model_folder": str(model_folder),
+               "settings": dataclasses.asdict(settings),
                "unit": "percent", "headline": "last epoch", "seeds": list(settings.seeds),
                "tasks": ordered,
-               "averages": suite_averages(reported, ordered, settings.seeds)}
+               "averages": suite_averages(reported, ordered, settings.seeds, settings.average)}
     write_results(results, out_dir)
     if on_result:
         on_result(results)
+    if not any(entry["status"] != "skipped" for entry in ordered.values()):
+        reasons = "; ".join(f"{name}: {entry['reason']}" for name, entry in ordered.items())
+        raise DataError(f"Nothing was evaluated, every task was skipped ({reasons}). Point "
+                        f"eval.data_dir at a folder with glue/ and superglue/, or go online.")
     return results
 
 

@@ -38,8 +38,11 @@ def _metric(task: Task, name: str, examples: Sequence[dict], predictions: Sequen
         return M.pearson(predictions, labels)
     if name == "spearman":
         return M.spearman(predictions, labels)
-    if name == "gender_parity":  # minimal pairs by pair_id; the hub copy has none: (2k, 2k+1)
-        return M.gender_parity(predictions, [e.get("pair", i // 2) for i, e in enumerate(examples)])
+    if name == "gender_parity":
+        # The official AX-g file gives every row its own pair_id; the minimal pairs are rows
+        # (2k, 2k+1), as the SuperGLUE baseline pairs them
+        # (nyu-mll/jiant, src/metrics/winogender_metrics.py).
+        return M.gender_parity(predictions, [e.get("row", i) // 2 for i, e in enumerate(examples)])
     raise KeyError(f"unknown metric {name}")
 
 

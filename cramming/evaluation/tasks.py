@@ -42,7 +42,8 @@ class Task:
     metrics: tuple[str, ...] = ("accuracy",)
     # Entries of the suite average; each inner tuple is averaged into one entry.
     average: tuple[tuple[str, ...], ...] = (("accuracy",),)
-    files: dict = field(default_factory=dict)  # split -> file name (JSONL) or (file, TsvLayout)
+    # split -> file name (JSONL) or (file, TsvLayout), or a list of such alternatives
+    files: dict = field(default_factory=dict)
     eval_splits: dict = field(default_factory=lambda: {"": "validation"})  # suffix -> split
     test_splits: dict = field(default_factory=lambda: {"": "test"})
     hub: tuple[str, str] = ("", "")  # (dataset id, config)
@@ -50,6 +51,7 @@ class Task:
     reader: str = ""  # name of the SuperGLUE JSONL parser in readers.py
     train_task: str | None = None  # diagnostic sets: predicted by this task's model
     submission: str = ""  # leaderboard file stem, e.g. "RTE" -> RTE.tsv / RTE.jsonl
+    other_folders: tuple[str, ...] = ()  # other common layouts, tried after ``folder``
 
     @property
     def is_diagnostic(self) -> bool:
@@ -127,11 +129,13 @@ TASK_LIST: list[Task] = [
     _glue("wnli", "WNLI", ("sentence1", "sentence2"), BINARY),
     # GLUE's diagnostic set: test-only on the leaderboard (scored there with R3); when the
     # labelled diagnostic-full.tsv is present it is scored here with R3 (= multi-class MCC).
+    # download_glue_data.py writes glue/diagnostic/, the leaderboard's naming glue/AX/AX.tsv.
     _glue("ax", "diagnostic", ("Premise", "Hypothesis"), NLI3, metrics=("mcc",),
-          average=(), train_task="mnli", submission="AX",
+          average=(), train_task="mnli", submission="AX", other_folders=("AX",),
           files={"validation": ("diagnostic-full.tsv",
                                 TsvLayout(("Premise", "Hypothesis"), label="Label", id=None)),
-                 "test": ("diagnostic.tsv", TsvLayout(("sentence1", "sentence2"), label=None))},
+                 "test": [(name, TsvLayout(("sentence1", "sentence2"), label=None))
+                          for name in ("diagnostic.tsv", "AX.tsv")]},
           hub_splits={"validation": None}),
     # ------------------------------------------------------------ SuperGLUE
     _superglue("boolq", "BoolQ", "boolq", BOOL),

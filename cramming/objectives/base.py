@@ -14,7 +14,8 @@ class Microbatch:
     """One microbatch on its way into the model.
 
     ``model_kwargs`` carries objective-specific forward arguments (e.g. an attention
-    pattern); ``kind`` names the loss it produces so the engine can log each separately.
+    pattern); ``kind`` names the loss it produces so the engine can log each separately;
+    ``mask_rate`` is the fraction of maskable tokens actually selected (masked kinds only).
     """
 
     input_ids: torch.Tensor
@@ -23,6 +24,7 @@ class Microbatch:
     kind: str = "mlm"
     loss_weight: float = 1.0
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    mask_rate: float | None = None
 
 
 class Objective(Protocol):

@@ -8,7 +8,7 @@ import torch
 
 from cramming.config.schema import PretrainConfig, TrainConfig
 from cramming.objectives.base import Microbatch
-from cramming.objectives.common import ModelArguments, shift_left, token_weight
+from cramming.objectives.common import ModelArguments, shift_left
 
 
 class CausalLanguageModeling:
@@ -28,12 +28,8 @@ class CausalLanguageModeling:
                    stream: int = 0) -> Microbatch:
         """Next-token targets for the rows (deterministic: no randomness involved)."""
         input_ids = rows["input_ids"]
-        labels = shift_left(input_ids)
-        weight = 1.0
-        if self.train.token_weighted_loss:
-            weight = token_weight(labels, input_ids.shape[0] * (input_ids.shape[1] - 1))
-        return Microbatch(input_ids, labels, rows["example_ids"], kind=self.kind,
-                          loss_weight=weight, model_kwargs=self.model_args(input_ids, True))
+        return Microbatch(input_ids, shift_left(input_ids), rows["example_ids"], kind=self.kind,
+                          model_kwargs=self.model_args(input_ids, True))
 
     def schedule_key(self, progress: float) -> Hashable:
         """Progress changes nothing in CLM."""

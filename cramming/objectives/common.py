@@ -49,10 +49,3 @@ class ModelArguments:
         if self.document_mask and self.separator_id is not None:
             kwargs["document_ids"] = document_ids(input_ids, self.separator_id)
         return kwargs
-
-
-def token_weight(labels: torch.Tensor, expected_targets: float) -> float:
-    """Loss weight that turns a microbatch's mean loss into (sum of token losses) /
-    (expected targets per microbatch): microbatches count by their number of targets."""
-    targets = int((labels != IGNORE_INDEX).sum())
-    return targets / max(expected_targets, 1.0)

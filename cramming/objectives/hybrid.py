@@ -74,6 +74,8 @@ def distributed_rank() -> tuple[int, int]:
 class HybridObjective:
     """MNTP (masked next token, bidirectional) and CLM (next token, causal) mixed by ratio."""
 
+    kinds = KINDS  # the losses it produces (logged per kind)
+
     def __init__(self, mlm: Objective, clm: Objective, numerator: int, denominator: int,
                  rank: int = 0, world_size: int = 1):
         self.parts = {"mlm": mlm, "clm": clm}

@@ -9,8 +9,10 @@ import torch
 from cramming.config.schema import PretrainConfig, TrainConfig
 from cramming.data import MLMMasker
 from cramming.data.keyed_random import KeyedRandom, RandomSource
+from cramming.data.masking import IGNORE_INDEX
+from cramming.errors import ConfigError
 from cramming.objectives.base import Microbatch
-from cramming.objectives.common import ModelArguments, shift_left, token_weight
+from cramming.objectives.common import ModelArguments, shift_left
 from cramming.objectives.span import SpanMasker
 from cramming.schedules import mask_prob_at
 
@@ -29,12 +31,17 @@ def row_random(rows: dict[str, torch.Tensor], seed: int, stream: int,
 
 
 def build_masker(tokenizer, train: TrainConfig) -> MLMMasker:
-    """Token masker, or span masker when ``train.mask_span_length > 1``."""
+    """Token masker, or GPT-BERT's span masker when ``train.mask_span_length > 1``."""
     kwargs = dict(mask_token_prob=train.mask_token_prob,
                   random_token_prob=train.random_token_prob)
     if train.mask_span_length > 1:
+        if train.mask_special_tokens:
+            raise ConfigError("train.mask_special_tokens=true does not apply to span masking "
+                              "(train.mask_span_length > 1): GPT-BERT never masks special "
+                              "tokens. Set one of them back.")
         return SpanMasker.from_tokenizer(tokenizer, max_span=train.mask_span_length, **kwargs)
-    return MLMMasker.from_tokenizer(tokenizer, exact_count=train.exact_mask_count, **kwargs)
+    return MLMMasker.from_tokenizer(tokenizer, exact_count=train.exact_mask_count,
+                                    mask_special_tokens=train.mask_special_tokens, **kwargs)
 
 
 class MaskedLanguageModeling:
@@ -68,14 +75,13 @@ class MaskedLanguageModeling:
         mask_prob = mask_prob_at(progress, self.train)
         input_ids, labels = self.masker(rows["input_ids"], mask_prob,
                                         row_random(rows, self.seed, stream, index))
+        maskable = int(self.masker.maskable(rows["input_ids"]).sum())
+        mask_rate = int((labels != IGNORE_INDEX).sum()) / max(maskable, 1)
         if self.next_token:
             labels = shift_left(labels)
-        weight = 1.0
-        if self.train.token_weighted_loss:
-            weight = token_weight(labels, mask_prob * labels.numel())
         kwargs = self.model_args(input_ids, self.causal) if self.model_args else {}
         return Microbatch(input_ids, labels, rows["example_ids"], kind=self.kind,
-                          loss_weight=weight, model_kwargs=kwargs)
+                          model_kwargs=kwargs, mask_rate=mask_rate)
 
     def schedule_key(self, progress: float) -> Hashable:
         """The masking rate in force (all that progress changes here)."""
@@ -91,5 +97,5 @@ class MaskedLanguageModeling:
         return count / seq_length
 
     def log_values(self, progress: float) -> dict[str, float]:
-        """The current masking rate."""
+        """The scheduled masking rate (the engine logs the real one as ``mask_rate``)."""
         return {"mask_prob": mask_prob_at(progress, self.train)}

@@ -2,6 +2,8 @@
 
 Adam's bias-corrected direction plus decoupled weight decay, ``r = m_hat / (sqrt(v_hat) + eps)
 + lambda * p``, scaled per tensor by the trust ratio ``||p|| / ||r||`` (1 when either is 0).
+As GPT-BERT's LAMB (ltgoslo/gpt-bert, pretraining/lamb.py), tensors without weight decay
+(norms, biases: lambda = 0) take the plain Adam step, trust ratio 1.
 """
 
 from __future__ import annotations
@@ -48,8 +50,9 @@ class Lamb(torch.optim.Optimizer):
                 update = m_hat / (v_hat.sqrt() + eps)
                 if decay:
                     update.add_(p, alpha=decay)
-                weight_norm, update_norm = p.norm(), update.norm()
-                trust = torch.where((weight_norm > 0) & (update_norm > 0),
-                                    weight_norm / update_norm, torch.ones_like(weight_norm))
-                p.add_(update * trust, alpha=-lr)
+                    weight_norm, update_norm = p.norm(), update.norm()
+                    update.mul_(torch.where((weight_norm > 0) & (update_norm > 0),
+                                            weight_norm / update_norm,
+                                            torch.ones_like(weight_norm)))
+                p.add_(update, alpha=-lr)
         return loss
