@@ -319,13 +319,19 @@ class TransformerLayer(nn.Module):
 
 
 class PredictionHead(nn.Module):
-    """BERT's MLM transform before the decoder: Linear -> act -> norm."""
+    """The transform before the decoder: ``bert`` = Linear -> act -> norm (BERT's MLM head);
+    ``linear`` = the Linear alone (old Cramming's ScriptableMaskedLM head, NTNG bert-c5)."""
 
     def __init__(self, arch: ArchConfig) -> None:
         super().__init__()
+        if arch.prediction_head_type not in ("bert", "linear"):
+            raise ConfigError(f"Unknown arch.prediction_head_type '{arch.prediction_head_type}'."
+                              " Allowed: bert, linear")
         self.dense = nn.Linear(arch.hidden_size, arch.hidden_size, bias=arch.linear_bias)
-        self.act = activation_fn(arch.activation)
-        self.norm = make_norm(arch)
+        bert = arch.prediction_head_type == "bert"
+        self.act = activation_fn(arch.activation) if bert else None
+        self.norm = make_norm(arch) if bert else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.act(self.dense(x)))
+        x = self.dense(x)
+        return x if self.norm is None else self.norm(self.act(x))

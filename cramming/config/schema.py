@@ -17,6 +17,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "arch.model_type": ("crammed", "hf-bert", "gpt", "llama", "ltg-bert"),
     "arch.norm": ("layernorm", "rmsnorm"),
     "arch.norm_scheme": ("pre", "post"),
+    "arch.prediction_head_type": ("bert", "linear"),
     "arch.ffn": ("glu", "mlp"),
     "arch.activation": ("gelu", "relu", "silu"),
     "arch.position_embedding": ("scaled-sinusoidal", "sinusoidal", "learned", "rope", "relative"),
@@ -59,7 +60,10 @@ class ArchConfig:
     activation: str = "gelu"
     position_embedding: str = "scaled-sinusoidal"
     tie_weights: bool = True
-    prediction_head: bool = True  # dense + activation + norm before the decoder
+    prediction_head: bool = True  # a transform of the hidden states before the decoder
+    # Which transform: bert = Linear -> activation -> norm (BERT); linear = one Linear h -> h,
+    # no activation, no norm (old Cramming ScriptableMaskedLM, NTNG's bert-c5).
+    prediction_head_type: str = "bert"
     sparse_prediction: bool = True  # decode only masked positions
     # If set, decode exactly round(fraction * tokens) positions per batch (static shapes).
     fixed_masked_fraction: float | None = None
