@@ -97,6 +97,29 @@ def test_linear_head_is_just_the_dense_layer():
     assert model.num_parameters() == bert.num_parameters() - 2 * 32  # no LayerNorm
 
 
+# Parameter counts of ltgoslo/gpt-bert's Bert (model_extra.py: GPT-BERT, model.py: LTG-BERT)
+# at configs/small.json (V 8192, h 384, i 1280) and configs/base.json (V 16384, h 768,
+# i 2560), 12 layers, 32 buckets, counted from its code (model.parameters(), tied decoder once):
+#   word V h + relative (2*32-1) h + relative LayerNorm 2h (the only affine norm)
+#   + 12 x [in_proj_qk 2h^2+2h, in_proj_vg 2h^2+2h (model.py: in_proj_v h^2+h),
+#           out_proj h^2+h, GeGLU h*2i + i*h without biases]
+#   + DWA alphas sum_{j<24} (j+2) = 324 (model_extra.py only)
+#   + classifier Linear h^2+h and decoder bias V.
+GPT_BERT_PARAMETERS = {
+    ("gpt-bert-small", 8192): 29_892_164,
+    ("gpt-bert-base", 16384): 119_454_532,
+    ("ltg-bert-small", 8192): 28_117_760,
+    ("ltg-bert-base", 16384): 112_367_104,
+}
+
+
+@pytest.mark.parametrize("name, vocab", list(GPT_BERT_PARAMETERS), ids=lambda x: str(x))
+def test_gpt_bert_parameter_counts_equal_the_original(name, vocab):
+    with torch.device("meta"):
+        model = build_model(load_arch(ARCH_DIR / f"{name}.yaml"), vocab_size=vocab)
+    assert model.num_parameters() == GPT_BERT_PARAMETERS[(name, vocab)]
+
+
 def test_our_bert_base_matches_hf_parameter_count():
     """Same shape, same parameters (HF has a 1-row token-type table; pooler is not built)."""
     ours = load_arch(ARCH_DIR / "bert-base.yaml")
