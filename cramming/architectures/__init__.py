@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from cramming.architectures.base import IGNORE_INDEX, MaskedLMModel
+from cramming.architectures.families import check_arch_family
 from cramming.architectures.flops import training_flops_per_token
 from cramming.architectures.hf_bert import HFBert
 from cramming.architectures.transformer import (
@@ -48,6 +49,7 @@ def build_model(arch: ArchConfig, vocab_size: int, pad_token_id: int = 0) -> Mas
         raise ConfigError(
             f"Unknown arch.model_type '{arch.model_type}'. Allowed: {', '.join(MODEL_TYPES)}"
         )
+    check_arch_family(arch)
     if arch.fixed_masked_fraction is not None and not 0 < arch.fixed_masked_fraction <= 1:
         raise ConfigError(
             f"arch.fixed_masked_fraction={arch.fixed_masked_fraction} must be in (0, 1] or null"
