@@ -13,9 +13,10 @@ import sys
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cramming.architectures.lm import TransformerLM
+from cramming.architectures.transformer import TransformerLM
 from cramming.backend.checkpoint import find_model_folder, load_model_folder
 from cramming.config import to_typed
+from cramming.config.checks import CAUSAL_CAPABLE
 from cramming.config.schema import GenerateConfig
 from cramming.errors import ConfigError, CrammingError
 
@@ -81,7 +82,7 @@ def generate_text(cfg: GenerateConfig) -> list[str]:
     folder = find_model_folder(cfg.base_dir, cfg.name, cfg.model_path)
     loaded = load_model_folder(folder, device=cfg.device)
     model, tokenizer = loaded.model, loaded.tokenizer
-    if not isinstance(model, TransformerLM):
+    if not isinstance(model, TransformerLM) or loaded.arch.model_type not in CAUSAL_CAPABLE:
         raise ConfigError(f"{folder} holds a {loaded.arch.model_type} model, which cannot "
                           "attend causally; generate from a gpt, llama or ltg-bert checkpoint.")
     ids = torch.tensor([prompt_ids(tokenizer, cfg.prompt)] * cfg.num_samples,

@@ -54,10 +54,13 @@ def test_yaml_builds_on_meta(path):
     with torch.device("meta"):
         model = build_model(arch, vocab_size=VOCAB)
     params = model.num_parameters()
-    if arch.name in ("crammed-bert", "bert-c5"):
+    if arch.name == "crammed-bert":
         # Cramming reports ~120M: 25.2M tied embedding + 16 layers x 5.9M.
         assert params == expected_crammed_params(arch, VOCAB)
         assert 115e6 < params < 121e6
+    elif arch.name == "bert-c5":
+        # crammed-bert plus the bias-free h x h Linear of the old ScriptableMaskedLM head.
+        assert params == expected_crammed_params(arch, VOCAB) + arch.hidden_size**2
     elif arch.name in ("bert-base", "hf-bert-base"):
         # BERT-base is 110M with 30522 tokens; 32768 adds 2246 x 768 = 1.7M.
         assert 110e6 < params < 113e6
@@ -66,6 +69,55 @@ def test_yaml_builds_on_meta(path):
     elif arch.name == "hf-bert-tiny":
         # 4.19M words + 66K positions/types + 2 x 198K layers + 17K head + 33K decoder bias
         assert 4.65e6 < params < 4.75e6
+
+
+def test_bert_c5_is_ntng_size_with_a_linear_head():
+    """NTNG's arch=bert-c5 has 120,179,713 parameters at vocabulary 32768 / sequence 128
+    (shared/reference/README.md); its head is one bias-free Linear, no activation, no norm."""
+    arch = load_arch(ARCH_DIR / "bert-c5.yaml")
+    assert arch.max_seq_length == 128
+    with torch.device("meta"):
+        model = build_model(arch, vocab_size=VOCAB)
+    assert model.num_parameters() == 120_179_713
+    head = model.head
+    assert head.dense.bias is None and head.act is None and head.norm is None
+    assert [n for n, _ in head.named_parameters()] == ["dense.weight"]
+
+
+def test_linear_head_is_just_the_dense_layer():
+    torch.manual_seed(0)
+    arch = ArchConfig(num_layers=1, hidden_size=32, num_heads=2, intermediate_size=48,
+                      prediction_head=True, prediction_head_type="linear", dropout=0.0,
+                      attention_dropout=0.0)
+    model = build_model(arch, vocab_size=50).eval()
+    hidden = torch.randn(3, 32)
+    expected = hidden @ model.head.dense.weight.T @ model.embeddings.word.weight.T
+    torch.testing.assert_close(model.predict(hidden), expected)
+    bert = build_model(dataclasses.replace(arch, prediction_head_type="bert"), 50)
+    assert model.num_parameters() == bert.num_parameters() - 2 * 32  # no LayerNorm
+
+
+# Parameter counts of ltgoslo/gpt-bert's Bert (model_extra.py: GPT-BERT, model.py: LTG-BERT)
+# at configs/small.json (V 8192, h 384, i 1280) and configs/base.json (V 16384, h 768,
+# i 2560), 12 layers, 32 buckets, counted from its code (model.parameters(), tied decoder once):
+#   word V h + relative (2*32-1) h + relative LayerNorm 2h (the only affine norm)
+#   + 12 x [in_proj_qk 2h^2+2h, in_proj_vg 2h^2+2h (model.py: in_proj_v h^2+h),
+#           out_proj h^2+h, GeGLU h*2i + i*h without biases]
+#   + DWA alphas sum_{j<24} (j+2) = 324 (model_extra.py only)
+#   + classifier Linear h^2+h and decoder bias V.
+GPT_BERT_PARAMETERS = {
+    ("gpt-bert-small", 8192): 29_892_164,
+    ("gpt-bert-base", 16384): 119_454_532,
+    ("ltg-bert-small", 8192): 28_117_760,
+    ("ltg-bert-base", 16384): 112_367_104,
+}
+
+
+@pytest.mark.parametrize("name, vocab", list(GPT_BERT_PARAMETERS), ids=lambda x: str(x))
+def test_gpt_bert_parameter_counts_equal_the_original(name, vocab):
+    with torch.device("meta"):
+        model = build_model(load_arch(ARCH_DIR / f"{name}.yaml"), vocab_size=vocab)
+    assert model.num_parameters() == GPT_BERT_PARAMETERS[(name, vocab)]
 
 
 def test_our_bert_base_matches_hf_parameter_count():

@@ -13,7 +13,9 @@ from cramming.architectures import IGNORE_INDEX, build_model
 from cramming.architectures.ports import (
     CRAMMING_CLASSIFIER_PREFIXES,
     cramming_arch,
+    gpt_bert_arch,
     port_cramming_state_dict,
+    port_gpt_bert_state_dict,
 )
 from cramming.errors import ConfigError
 
@@ -75,3 +77,33 @@ def test_cramming_port_refuses_what_it_cannot_map(shared_reference: Path):
         port_cramming_state_dict(untied, arch)
     with pytest.raises(ConfigError, match="nonlin"):
         cramming_arch({**config, "nonlin": "GELU"})
+
+
+GPT_BERT_FIXTURES = [("gpt-bert-extra-tiny", True), ("gpt-bert-ltg-tiny", False)]
+
+
+@pytest.mark.parametrize("folder, extra", GPT_BERT_FIXTURES)
+@pytest.mark.parametrize("mode", ["bidirectional", "causal"])
+def test_gpt_bert_port_matches_reference(shared_reference: Path, folder, extra, mode):
+    config, weights, io = load_reference(shared_reference / folder)
+    arch = gpt_bert_arch(config, extra=extra)
+    model = build_model(arch, vocab_size=config["vocab_size"]).eval()
+    ported = port_gpt_bert_state_dict(weights, arch)
+    assert ported.extra == {}
+    model.load_state_dict(ported.model, strict=True)
+    ids, labels, blocked = io["input_ids"], io["labels"], io[f"{mode}_blocked"]
+    causal = mode == "causal"
+    length = ids.shape[1]
+    # The fixture's mask is exactly key padding (none here) plus, in causal mode, the future.
+    future = torch.ones(length, length, dtype=torch.bool).triu(1)
+    padding = blocked[:, -1, :]  # the last query sees every real key in both modes
+    assert torch.equal(blocked, padding[:, None, :] | (future & causal))
+    with torch.no_grad():
+        hidden = model.encode(ids, attention_mask=(~padding).long(), causal=causal)
+        out = model(ids, labels, attention_mask=(~padding).long(), causal=causal)
+        # The reference decodes sequence-first (position-major, then batch).
+        seq_first = hidden.transpose(0, 1)[labels.T != IGNORE_INDEX]
+        logits = model.predict(seq_first)
+    torch.testing.assert_close(hidden, io[f"{mode}_hidden_states"], atol=ATOL, rtol=0)
+    torch.testing.assert_close(logits, io[f"{mode}_logits_masked_seqfirst"], atol=ATOL, rtol=0)
+    torch.testing.assert_close(out["loss"].reshape(1), io[f"{mode}_loss"], atol=ATOL, rtol=0)

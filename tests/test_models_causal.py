@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from cramming.architectures import GPT, Llama, LTGBert, build_model
-from cramming.architectures.lm import RotaryEmbedding, relative_buckets
+from cramming.architectures.components import RotaryEmbedding, relative_buckets
 from cramming.config import CONFIG_DIR, to_typed
 from cramming.config.schema import ArchConfig
 
@@ -109,14 +109,14 @@ def test_grouped_query_attention_equals_mha_with_repeated_kv_heads():
 
 
 def test_relative_buckets_are_antisymmetric_and_bounded():
-    index = relative_buckets(128, buckets=8, max_len=128)
+    index = relative_buckets(128, buckets=8, max_len=128)  # query i, key j: offset i - j
     center = 8 - 1
     assert index.min() >= 0 and index.max() <= 2 * 8 - 2
     torch.testing.assert_close(index - center, -(index.T - center))
     assert (index.diagonal() == center).all()
-    assert index[0, 1] == center + 1 and index[0, 127] == 2 * 8 - 2
-    assert (index[0, 1:] - index[0, :-1] >= 0).all()  # farther never maps to a nearer bucket
-    assert len(index[0].unique()) == 8  # every bucket of one sign is used
+    assert index[1, 0] == center + 1 and index[127, 0] == 2 * 8 - 2 and index[0, 127] == 0
+    assert (index[1:, 0] - index[:-1, 0] >= 0).all()  # farther never maps to a nearer bucket
+    assert len(index[:, 0].unique()) == 8  # every bucket of one sign is used
 
 
 @pytest.mark.parametrize("name", TINY)

@@ -70,7 +70,7 @@ def test_hybrid_gpt_bert_run_logs_both_losses_keeps_ema_and_validates(tiny_overr
     assert scores["loss"] == scores["mlm_loss"] and scores["clm_loss"] < 7.0
     ema = load_model_folder(tmp_path / "model-ema")
     final = load_model_folder(tmp_path / "model")
-    assert not torch.equal(ema.model.word.weight, final.model.word.weight)
+    assert not torch.equal(ema.model.embeddings.word.weight, final.model.embeddings.word.weight)
     impl = ImplConfig(device="cpu", progress_bar=False, threads=1)
     for folder in (tmp_path / "model", tmp_path / "model-ema"):
         result = validate_model(ValidateConfig(model_path=str(folder), impl=impl,

@@ -196,7 +196,8 @@ def test_ema_follows_the_formula_and_round_trips():
     for key, value in expected.items():
         torch.testing.assert_close(averaged[key], value, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(hook.shadow[key], value, rtol=1e-5, atol=1e-6)
-    assert not torch.allclose(averaged["word.weight"], model.state_dict()["word.weight"])
+    assert not torch.allclose(averaged["embeddings.word.weight"],
+                              model.state_dict()["embeddings.word.weight"])
     restored = EMAHook(0.9)
     restored.load_state_dict(hook.state_dict())
     assert restored.updates == 5 and restored.current_decay() == hook.current_decay()

@@ -72,12 +72,12 @@ def test_ntng_table_has_the_7_layer_typo_corrected():
     assert table.microbatch_seconds("train", 16, 64) == pytest.approx(0.2253 / 2)
 
 
-def test_ntng_table_is_found_for_bert_c5_and_crammed_bert():
-    for arch in ("bert-c5", "crammed-bert"):
-        cfg = config([f"arch={arch}", "budget_kind=rst", "budget=1", "rst.device=rtx3090",
-                      "impl.microbatch_size=64", "data.paths=[x]"])
-        table = find_table("rtx3090", cfg.arch, 128, 64, vocab_size=32768)
-        assert table.device == "rtx3090"
+def test_ntng_table_is_found_for_bert_c5():
+    # NTNG measured its bert-c5, whose Linear prediction head crammed-bert does not have.
+    cfg = config(["arch=bert-c5", "budget_kind=rst", "budget=1", "rst.device=rtx3090",
+                  "impl.microbatch_size=64", "data.paths=[x]"])
+    table = find_table("rtx3090", cfg.arch, 128, 64, vocab_size=32768)
+    assert table.device == "rtx3090"
 
 
 def test_unknown_configuration_fails_loudly_at_startup():

@@ -3,7 +3,9 @@
 Per token, with ``h`` = hidden size, ``i`` = intermediate size, ``s`` = sequence length,
 ``N`` = layers, ``V`` = vocabulary and ``p`` = fraction of tokens that are decoded::
 
-    layer matmul params  P_layer = 4 h^2                    (QKV 3h^2 + output h^2)
+    layer matmul params  P_layer = 2 h^2 + 2 h kv            (Q, output; K, V at the width
+                                                          kv of the grouped K/V heads)
+                                 + h^2 if the attention output is gated
                                  + (3 h i  if glu else 2 h i) (FFN in + out)
     head matmul params   P_head  = h^2 (prediction head, if any) + h V (decoder)
     forward FLOPs        = 2 N P_layer + 4 N s h + 2 p P_head
@@ -26,8 +28,9 @@ from cramming.config.schema import ArchConfig
 def layer_matmul_params(arch: ArchConfig) -> int:
     """Weights of one transformer layer that take part in a matmul."""
     h, i = arch.hidden_size, arch.intermediate_size
+    kv = (arch.num_kv_heads or arch.num_heads) * (h // arch.num_heads)
     ffn = (3 if arch.ffn == "glu" else 2) * h * i
-    return 4 * h * h + ffn
+    return (3 if arch.attention_gate else 2) * h * h + 2 * h * kv + ffn
 
 
 def head_matmul_params(arch: ArchConfig, vocab_size: int) -> int:

@@ -6,6 +6,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from cramming.architectures.families import check_arch_family
 from cramming.budget import check_budget
 from cramming.config.schema import OptimConfig, PretrainConfig, TrainConfig
 from cramming.errors import ConfigError
@@ -59,6 +60,7 @@ def check_pretrain_config(cfg: PretrainConfig) -> None:
     _require(train.keep_checkpoints >= 1,
              f"train.keep_checkpoints={train.keep_checkpoints} must be >= 1 (the checkpoint "
              f"just written is always kept; 0 would delete every one).")
+    check_arch_family(arch)
     _require(arch.hidden_size % arch.num_heads == 0,
              f"arch.hidden_size={arch.hidden_size} is not divisible by "
              f"arch.num_heads={arch.num_heads}.")

@@ -17,8 +17,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "arch.model_type": ("crammed", "hf-bert", "gpt", "llama", "ltg-bert"),
     "arch.norm": ("layernorm", "rmsnorm"),
     "arch.norm_scheme": ("pre", "post"),
+    "arch.prediction_head_type": ("bert", "linear", "ltg"),
+    "arch.init_scheme": ("normal", "scaled-residual", "ltg"),
     "arch.ffn": ("glu", "mlp"),
-    "arch.activation": ("gelu", "relu", "silu"),
+    "arch.activation": ("gelu", "gelu_tanh", "relu", "silu"),
     "arch.position_embedding": ("scaled-sinusoidal", "sinusoidal", "learned", "rope", "relative"),
     "arch.attention_impl": ("auto", "sdpa", "flash-attn", "eager"),
     "data.source": ("wikiextractor", "text", "jsonl", "hf", "binary", "gpt-bert"),
@@ -59,7 +61,11 @@ class ArchConfig:
     activation: str = "gelu"
     position_embedding: str = "scaled-sinusoidal"
     tie_weights: bool = True
-    prediction_head: bool = True  # dense + activation + norm before the decoder
+    prediction_head: bool = True  # a transform of the hidden states before the decoder
+    # Which transform: bert = Linear -> activation -> norm (BERT); linear = one Linear h -> h,
+    # no activation, no norm (old Cramming ScriptableMaskedLM, NTNG's bert-c5); ltg = norm ->
+    # Linear -> GELU -> norm (GPT-BERT).
+    prediction_head_type: str = "bert"
     sparse_prediction: bool = True  # decode only masked positions
     # If set, decode exactly round(fraction * tokens) positions per batch (static shapes).
     fixed_masked_fraction: float | None = None
@@ -73,6 +79,14 @@ class ArchConfig:
     num_kv_heads: int | None = None  # grouped-query attention; None = num_heads
     rope_theta: float = 10000.0  # base of the rotary frequencies (position_embedding: rope)
     position_buckets: int = 32  # relative-position buckets (position_embedding: relative)
+    # Variants of the one block (cramming/architectures/components.py).
+    norm_affine: bool = True  # false: norms without weight/bias (GPT-BERT's block norms)
+    inner_norms: bool = False  # a norm before the attention and FFN output projections
+    attention_gate: bool = False  # attention context times GELU(a gate projection)
+    dwa: bool = False  # depth-weighted average of all earlier sublayer outputs (DenseFormer)
+    ffn_bias: bool | None = None  # FFN Linear biases; null: linear_bias
+    decoder_bias: bool | None = None  # decoder bias; null: linear_bias
+    init_scheme: str = "normal"  # normal | scaled-residual (GPT-2) | ltg (GPT-BERT)
 
 
 @dataclass
