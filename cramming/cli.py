@@ -85,6 +85,12 @@ def translate_argv(config_name: str) -> list[str]:
     return sys.argv[1:]
 
 
+def preset_overrides(preset: dict[str, str], arguments: list[str]) -> list[str]:
+    """``group=option`` overrides of an entry script's ``preset`` not typed in ``arguments``."""
+    return [f"{key}={value}" for key, value in preset.items()
+            if not any(arg.lstrip("+~").startswith(f"{key}=") for arg in arguments)]
+
+
 def launch_pretraining(preset: dict[str, str] | None = None) -> None:
     """Run ``pretrain_bert.py``'s Hydra CLI, with ``preset`` group choices as defaults.
 
@@ -103,8 +109,7 @@ def launch_pretraining(preset: dict[str, str] | None = None) -> None:
     except CrammingError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    additions = [f"{key}={value}" for key, value in (preset or {}).items()
-                 if not any(arg.lstrip("+~").startswith(f"{key}=") for arg in arguments)]
+    additions = preset_overrides(preset or {}, arguments)
     if not any(arg.startswith("hydra.job.name=") for arg in arguments):
         additions.append(f"hydra.job.name={script}")  # log file <script>.log, not cli.log
     # Hydra reads overrides as one run of positional arguments: join that run (after

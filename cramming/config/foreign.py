@@ -28,7 +28,13 @@ GROUP_ALIASES: dict[tuple[str, str], str] = {
     ("data", "bookcorpus-wikipedia"): "bookcorpus-wikitext",
 }
 
-Rule = Callable[[str, dict[str, str]], list[str]]
+# A rule returns our overrides for one foreign ``key=value``, or None after logging its own line.
+Rule = Callable[[str, dict[str, str]], "list[str] | None"]
+
+# The groups NTNG's cfg_pretrain.yaml selects that differ from ours; NTNG's own entry scripts
+# (pretrain_bert_sb.py, pretrain_bert_rho_loss.py, pretrain_bert_sophia.py) preselect them.
+# (JeanKaddour/NoTrainNoGain, bert/cramming/config/cfg_pretrain.yaml): arch bert-c5, train bert-o3
+NTNG_SETUP = {"arch": "bert-c5", "train": "bert-o3"}
 
 
 def _bool(key: str, value: str) -> bool:
@@ -76,11 +82,12 @@ def _il_model(value: str, _: dict[str, str]) -> list[str]:
     return ["method=il_model"] if _bool("train.validation_set.il_model", value) else []
 
 
-def _shuffle(value: str, _: dict[str, str]) -> list[str]:
+def _shuffle(value: str, _: dict[str, str]) -> None:
     if not _bool("impl.shuffle_in_dataloader", value):
         raise ConfigError("impl.shuffle_in_dataloader=false has no equivalent here: training "
                           "rows and fine-tuning examples are always shuffled by seed; drop it.")
-    return []
+    log.warning("NTNG/Cramming key impl.shuffle_in_dataloader=%s is always on here (rows and "
+                "fine-tuning examples are shuffled by seed): nothing to set", value)
 
 
 def _il_losses(value: str, _: dict[str, str]) -> list[str]:
@@ -97,40 +104,38 @@ def _il_losses(value: str, _: dict[str, str]) -> list[str]:
     return [f"method.rho_loss.il_losses={path}"]
 
 
-def _checkpoint(value: str, _: dict[str, str]) -> list[str]:
+def _checkpoint(value: str, _: dict[str, str]) -> None:
     if value != "latest":
         raise ConfigError(f"eval.checkpoint={value} has no equivalent here: evaluate a model "
                           f"folder with model_path=<folder> (default: the newest run of name).")
-    return []
+    log.warning("Cramming key eval.checkpoint=latest is the default here (the newest run of "
+                "name): nothing to set")
 
 
 def _eval_tasks(value: str, _: dict[str, str]) -> list[str]:
     return [f"eval.tasks=[{value.strip('[]')}]"]
 
 
-def _validate_every_hours(value: str, _: dict[str, str]) -> list[str]:
+def _validate_every_hours(value: str, _: dict[str, str]) -> list[str] | None:
     import dataclasses
 
     from cramming.config.schema import TrainConfig
 
     if "validate_every_hours" not in {f.name for f in dataclasses.fields(TrainConfig)}:
-        log.warning("NTNG key impl.validate_every_hours is train.validate_every_hours here, "
-                    "which this build does not have yet: ignored")
-        return []
+        log.warning("NTNG key impl.validate_every_hours=%s is train.validate_every_hours here, "
+                    "which this build does not have yet: ignored", value)
+        return None
     return [f"train.validate_every_hours={value}"]
 
 
-def _budget(value: str, given: dict[str, str]) -> list[str]:
-    if value != "steps":
-        return [f"budget={value}"]
-    return []  # resolved with train.steps, see _steps
+def _budget(value: str, given: dict[str, str]) -> None:
+    return None  # budget=steps: resolved with train.steps by _steps_budget
 
 
-def _steps(value: str, given: dict[str, str]) -> list[str]:
+def _steps(value: str, given: dict[str, str]) -> None:
     if given.get("budget") != "steps":
         raise ConfigError("train.steps counts only with NTNG's budget=steps; here use "
                           "budget_kind=steps budget=<optimizer steps>.")
-    return []
 
 
 PRETRAIN_RULES: dict[str, Rule] = {
@@ -238,10 +243,10 @@ def translate_overrides(arguments: list[str] | tuple[str, ...],
             rule = None  # our own budget
         if rule is not None:
             ours = rule(value, given)
-            if key not in ("budget", "train.steps"):
+            if ours is not None:
                 log.warning("%s key %s is %s here", "Cramming" if key in CRAMMING_KEYS else
                             "NTNG", argument, " ".join(ours) or "the default (nothing to set)")
-            translated.extend(ours)
+                translated.extend(ours)
             continue
         for prefix, equivalent in NO_MEANING:
             if key.startswith(prefix) and config_name != "eval":
