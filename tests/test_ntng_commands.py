@@ -6,6 +6,7 @@ import importlib
 import logging
 import math
 import os
+import pickle
 import subprocess
 import sys
 
@@ -213,3 +214,17 @@ def test_ntng_rho_loss_pipeline_and_eval_as_typed(tiny_overrides, pretrain_base_
                 "impl.shuffle_in_dataloader=true", "seed=0", "--cfg", "job"])
     assert "eval=glue_sane is eval=GLUE_sane here" in glue.stderr
     assert "name: GLUE_sane" in glue.stdout and "microbatch_size: 16" in glue.stdout
+
+
+def test_il_losses_path_takes_ntngs_unpacked_chunk_folder(tmp_path):
+    chunks = tmp_path / "il_losses" / "examples_to_loss"  # as NTNG's tar unpacks
+    chunks.mkdir(parents=True)
+    (chunks / "dict_chunk_0.pkl").write_bytes(pickle.dumps({0: 2.5, 1: 0.5}))
+    (chunks / "dict_chunk_1.pkl").write_bytes(pickle.dumps({2: 1.0}))
+    cfg = load_pretrain_config(compose("pretrain", [
+        "method=rho_loss", f"train.rho_loss.il_losses_path={tmp_path / 'il_losses'}"]))
+    il = IrreducibleLosses.load(cfg.method.rho_loss.il_losses)
+    assert il.ids.tolist() == [0, 1, 2] and il.losses.tolist() == [2.5, 0.5, 1.0]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="neither il_losses.npz"):
+        compose("pretrain", [f"train.rho_loss.il_losses_path={tmp_path / 'empty'}"])

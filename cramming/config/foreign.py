@@ -91,15 +91,21 @@ def _shuffle(value: str, _: dict[str, str]) -> None:
 
 
 def _il_losses(value: str, _: dict[str, str]) -> list[str]:
-    """A file is used as is; a folder holds ours (il_losses.npz) or NTNG's pickled chunks."""
+    """A file is used as is; a folder holds ours (il_losses.npz) or NTNG's pickled chunks
+    (``dict_chunk_<n>.pkl``, also one folder down, as NTNG's tar unpacks), converted once."""
     path = Path(value).expanduser()
     if path.is_dir():
         ours = path / "il_losses.npz"
         if not ours.is_file():
             from ntng_assets.download_il_losses import convert
 
-            convert(path, ours)
-            log.warning("Converted NTNG's irreducible-loss chunks in %s to %s", path, ours)
+            folders = sorted({chunk.parent for chunk in path.rglob("*.pkl")})
+            if len(folders) != 1:
+                raise ConfigError(f"train.rho_loss.il_losses_path={value} holds neither "
+                                  f"il_losses.npz nor one folder of NTNG's .pkl chunks; pass "
+                                  f"method.rho_loss.il_losses=<file.npz>.")
+            convert(folders[0], ours)
+            log.warning("Converted NTNG's irreducible-loss chunks in %s to %s", folders[0], ours)
         path = ours
     return [f"method.rho_loss.il_losses={path}"]
 
@@ -213,7 +219,8 @@ def _steps_budget(given: dict[str, str], translated: list[str], config_name: str
     from cramming.config import compose
 
     microbatches = int(float(given.get("train.steps", NTNG_DEFAULT_STEPS)))
-    cfg = compose(config_name, translated, translate=False)
+    overrides = [arg for arg in translated if "=" in arg and not arg.startswith("-")]
+    cfg = compose(config_name, overrides, translate=False)
     steps = max(1, math.ceil(microbatches * cfg.impl.microbatch_size / cfg.train.batch_size))
     log.warning("NTNG keys budget=steps train.steps=%d are budget_kind=steps budget=%d here "
                 "(NTNG counted microbatches of %d; here budget counts optimizer steps of %d "
