@@ -15,6 +15,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from cramming.cli import translate_argv
 from cramming.config import CONFIG_DIR, register_resolvers
 from cramming.errors import CrammingError
 
@@ -41,4 +42,5 @@ def launch(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    translate_argv("eval")  # NTNG's / Cramming's keys as typed (cramming.config.foreign)
     launch()

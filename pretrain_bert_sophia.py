@@ -1,6 +1,12 @@
-"""Pretrain with Sophia-G: `pretrain_bert.py train/optim=sophiag`."""
+"""Pretrain with Sophia-G: `pretrain_bert.py train/optim=sophiag`.
+
+As NTNG's script, it defaults to NTNG's arch=bert-c5 train=bert-o3 (each can be overridden).
+"""
 
 from cramming.cli import launch_pretraining
+from cramming.config.foreign import NTNG_SETUP
+
+PRESET = {"train/optim": "sophiag", **NTNG_SETUP}
 
 if __name__ == "__main__":
-    launch_pretraining({"train/optim": "sophiag"})
+    launch_pretraining(PRESET)

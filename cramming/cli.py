@@ -80,6 +80,28 @@ def check_command_line(arguments: list[str]) -> None:
         check_writable_dir(str(base_dir), "base_dir")
 
 
+def translate_argv(config_name: str) -> list[str]:
+    """Rewrite NTNG's / Cramming's keys in ``sys.argv`` to ours (one log line each).
+
+    Returns the new arguments; a foreign key with no meaning here exits 2 with one line.
+    """
+    from cramming.config.foreign import translate_overrides
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # before Hydra's logging
+    try:
+        sys.argv[1:] = translate_overrides(sys.argv[1:], config_name)
+    except CrammingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    return sys.argv[1:]
+
+
+def preset_overrides(preset: dict[str, str], arguments: list[str]) -> list[str]:
+    """``group=option`` overrides of an entry script's ``preset`` not typed in ``arguments``."""
+    return [f"{key}={value}" for key, value in preset.items()
+            if not any(arg.lstrip("+~").startswith(f"{key}=") for arg in arguments)]
+
+
 def launch_pretraining(preset: dict[str, str] | None = None) -> None:
     """Run ``pretrain_bert.py``'s Hydra CLI, with ``preset`` group choices as defaults.
 
@@ -92,14 +114,13 @@ def launch_pretraining(preset: dict[str, str] | None = None) -> None:
 
     register_resolvers()
     script = Path(sys.argv[0]).stem
-    arguments = sys.argv[1:]
+    arguments = translate_argv("pretrain")
     try:  # before Hydra, which reports unknown keys without the allowed ones and creates
         check_command_line(arguments)  # the run folder under base_dir first
     except CrammingError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    additions = [f"{key}={value}" for key, value in (preset or {}).items()
-                 if not any(arg.lstrip("+~").startswith(f"{key}=") for arg in arguments)]
+    additions = preset_overrides(preset or {}, arguments)
     if not any(arg.startswith("hydra.job.name=") for arg in arguments):
         additions.append(f"hydra.job.name={script}")  # log file <script>.log, not cli.log
     # Hydra reads overrides as one run of positional arguments: join that run (after

@@ -71,7 +71,7 @@ def build_hooks(cfg: PretrainConfig, model: nn.Module, prepared,
             raise ConfigError(
                 f"{method.rho_loss.il_losses} has no irreducible loss for {int(missing.sum())} "
                 f"of {len(missing)} training examples; extract it for this corpus.")
-        hooks.append(RhoLossHook(method.rho_loss, il, micro))
+        hooks.append(RhoLossHook(method.rho_loss, il, micro, cfg.train.batch_size))
     if cfg.train.optim.name == "sophiag":
         from efficient_training.sophia_hessian import SophiaHessianHook
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -58,6 +58,43 @@ def concat(batches: list[Microbatch]) -> Microbatch:
         first, input_ids=torch.cat([b.input_ids for b in batches]),
         labels=torch.cat([b.labels for b in batches]),
         example_ids=torch.cat([b.example_ids for b in batches]), model_kwargs=kwargs)
+
+
+class RowPool:
+    """Rows waiting to be trained on (selected by a hook), handed out a microbatch at a time.
+
+    Its content is part of the hook's checkpointed state (plain tensors and values).
+    """
+
+    def __init__(self) -> None:
+        self.batches: list[Microbatch] = []
+
+    def __len__(self) -> int:
+        return sum(batch.input_ids.shape[0] for batch in self.batches)
+
+    def add(self, batch: Microbatch) -> None:
+        """Append ``batch``'s rows (an empty batch is ignored)."""
+        if batch.input_ids.shape[0]:
+            self.batches.append(batch)
+
+    def drain(self) -> list[Microbatch]:
+        """Every batch held, oldest first; the pool is empty afterwards."""
+        batches, self.batches = self.batches, []
+        return batches
+
+    def take(self, size: int) -> Microbatch:
+        """The oldest ``size`` rows (the pool must hold at least that many)."""
+        pooled = concat(self.drain())
+        rest = pooled.input_ids.shape[0] - size
+        if rest:
+            self.batches = [take_rows(pooled, torch.arange(size, size + rest))]
+        return take_rows(pooled, torch.arange(size))
+
+    def state_dict(self) -> list[dict[str, Any]]:
+        return [dataclasses.asdict(batch) for batch in self.batches]
+
+    def load_state_dict(self, state: list[dict[str, Any]]) -> None:
+        self.batches = [Microbatch(**batch) for batch in state]
 
 
 @torch.no_grad()

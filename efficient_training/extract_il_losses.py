@@ -5,6 +5,11 @@
         --out outputs/il/il_losses.npz [--batch-size 64] [--max-rows N]
     python pretrain_bert_rho_loss.py name=rho method.rho_loss.il_losses=outputs/il/il_losses.npz
 
+NTNG's form works as typed: ``python efficient_training/extract_il_losses.py name=il_model
+[base_dir=outputs]`` scores the newest ``il_model`` run and writes
+``<base_dir>/il_model/il_losses.npz`` (pass that, or its folder, as NTNG's
+``train.rho_loss.il_losses_path``).
+
 Every row of the *training* split of the IL model's corpus (same data settings, so the same
 cache and the same stable example ids) is masked once with a fixed seed and scored; the
 per-example MLM losses are saved keyed by example id, with the data fingerprint, as
@@ -14,7 +19,11 @@ per-example MLM losses are saved keyed by example id, with the data fingerprint,
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+if not __package__:  # run as a script (NTNG's form): the repository root must be importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
@@ -53,8 +62,29 @@ def extract(model_path: str | Path, out: str | Path, batch_size: int = 64,
     return il.save(out)
 
 
+NTNG_KEYS = ("name", "base_dir", "seed")
+
+
+def ntng_arguments(argv: list[str]) -> list[str]:
+    """NTNG's ``name=<IL run> [base_dir=..] [seed=..]`` as our ``--model/--out`` options."""
+    given = dict(arg.split("=", 1) for arg in argv)
+    unknown = sorted(set(given) - set(NTNG_KEYS))
+    if unknown or "name" not in given:
+        raise SystemExit(f"error: extract_il_losses takes name=<IL model run> [base_dir=..] "
+                         f"[seed=..] (NTNG's form) or --model/--out; got {' '.join(argv)}")
+    base_dir = given.get("base_dir", "outputs")
+    model = find_model_folder(base_dir=base_dir, name=given["name"])
+    out = Path(base_dir) / given["name"] / "il_losses.npz"
+    print(f"NTNG form: --model {model} --out {out}", file=sys.stderr)
+    return ["--model", str(model), "--out", str(out), "--base-dir", base_dir,
+            "--seed", given.get("seed", "0")]
+
+
 def main(argv: list[str] | None = None) -> Path:
     """Command line; prints the written file."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and all("=" in arg and not arg.startswith("-") for arg in argv):
+        argv = ntng_arguments(argv)
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="IL model folder or its run folder")
@@ -71,4 +101,6 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    from cramming.cli import exit_on_error
+
+    exit_on_error(main)

@@ -1,9 +1,12 @@
 """RHO-Loss (Mindermann et al. 2022, "Prioritized Training on Points that are Learnable,
-Worth Learning, and Not Yet Learnt").
+Worth Learning, and Not Yet Learnt"), selecting as NTNG does.
 
-For each training microbatch the hook scores a mega-batch of ``microbatch / keep_fraction``
-rows (the engine's microbatch plus further rows from the same data stream) and trains on the
-``microbatch`` rows with the largest reducible loss ``training loss - irreducible loss``. The
+Each selection scores a mega-batch of ``mega_batch_size`` rows (default
+``train.batch_size / keep_fraction``; NTNG: 15360 for a batch of 1536) by a forward pass and
+keeps the ``train.batch_size`` rows with the largest reducible loss ``training loss -
+irreducible loss``; those rows are then trained on a microbatch at a time, so one selection
+feeds one optimizer step. The mega-batch starts with the training microbatches the engine
+handed over since the last selection and is filled up from the hook's own data stream. The
 irreducible losses come from a model trained on the held-out split (``method=il_model``) and
 are looked up by each row's stable ``example_id`` (never by position, which shuffling
 changes). :mod:`efficient_training.extract_il_losses` writes the file.
@@ -22,7 +25,7 @@ from cramming.backend.hooks import TrainingHook
 from cramming.config.schema import RhoLossConfig
 from cramming.errors import ConfigError, DataError
 from cramming.objectives import Microbatch
-from efficient_training.common import ExtraBatches, concat, score, take_rows
+from efficient_training.common import ExtraBatches, RowPool, concat, score, take_rows
 
 if TYPE_CHECKING:
     from cramming.backend.hooks import HookContext
@@ -81,14 +84,17 @@ class IrreducibleLosses:
 
 
 class RhoLossHook(TrainingHook):
-    """Trains on the top-``keep_fraction`` rows of each mega-batch by reducible loss."""
+    """Trains on the top ``batch_size`` rows of each mega-batch by reducible loss."""
 
     name = "rho_loss"
 
-    def __init__(self, cfg: RhoLossConfig, il: IrreducibleLosses, microbatch_size: int):
+    def __init__(self, cfg: RhoLossConfig, il: IrreducibleLosses, microbatch_size: int,
+                 batch_size: int):
         self.cfg, self.il, self.microbatch_size = cfg, il, microbatch_size
-        self.mega_batch = max(math.ceil(microbatch_size / cfg.keep_fraction), microbatch_size)
+        self.selected_rows = batch_size
+        self.mega_batch = mega_batch_size(cfg, batch_size)
         self.extra = ExtraBatches(self.name)
+        self.pending, self.pool = RowPool(), RowPool()
         self._progress = 0.0
         self.last_reducible = float("nan")
 
@@ -96,17 +102,39 @@ class RhoLossHook(TrainingHook):
         self._progress = trainer.clock.progress()
 
     def select_batch(self, trainer: HookContext, batch: Microbatch) -> Microbatch:
-        parts, rows = [batch], batch.input_ids.shape[0]
+        self.pending.add(batch)
+        if len(self.pool) < self.microbatch_size:
+            self._select(trainer)
+        return self.pool.take(self.microbatch_size)
+
+    def _select(self, trainer: HookContext) -> None:
+        parts = self.pending.drain()
+        rows = sum(part.input_ids.shape[0] for part in parts)
         while rows < self.mega_batch:
             size = min(self.microbatch_size, self.mega_batch - rows)
             parts.append(self.extra.draw(trainer, size, self._progress))
             rows += size
         reducible = torch.cat([score(trainer, part) - self.il.lookup(part.example_ids)
                                for part in parts])
-        top = torch.topk(reducible, self.microbatch_size).indices.sort().values
+        top = torch.topk(reducible, min(self.selected_rows, rows)).indices.sort().values
         self.last_reducible = float(reducible[top].mean())
-        return take_rows(concat(parts), top)
+        self.pool.add(take_rows(concat(parts), top))
 
     def after_step(self, trainer: HookContext, record: dict) -> None:
         record["reducible_loss"] = self.last_reducible
 
+    def state_dict(self) -> dict:
+        return {"pending": self.pending.state_dict(), "pool": self.pool.state_dict(),
+                "last_reducible": self.last_reducible}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pending.load_state_dict(state["pending"])
+        self.pool.load_state_dict(state["pool"])
+        self.last_reducible = float(state["last_reducible"])
+
+
+def mega_batch_size(cfg: RhoLossConfig, batch_size: int) -> int:
+    """Rows scored per selection: ``cfg.mega_batch_size`` or ``batch_size / keep_fraction``."""
+    if cfg.mega_batch_size is not None:
+        return cfg.mega_batch_size
+    return math.ceil(batch_size / cfg.keep_fraction - 1e-9)

@@ -10,7 +10,6 @@ budget clock as forward-only work.
 
 from __future__ import annotations
 
-import dataclasses
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -19,7 +18,7 @@ import torch
 from cramming.backend.hooks import TrainingHook
 from cramming.config.schema import SelectiveBackpropConfig
 from cramming.objectives import Microbatch
-from efficient_training.common import ExtraBatches, concat, score, take_rows
+from efficient_training.common import ExtraBatches, RowPool, score, take_rows
 
 if TYPE_CHECKING:
     from cramming.backend.hooks import HookContext
@@ -44,7 +43,7 @@ class SelectiveBackpropHook(TrainingHook):
         self.history: deque[float] = deque(maxlen=cfg.history)
         self.generator = torch.Generator().manual_seed(seed + 104729)
         self.extra = ExtraBatches(self.name)
-        self.pool: list[Microbatch] = []
+        self.pool = RowPool()
         self.scored = self.selected = 0
         self._progress = 0.0
 
@@ -59,18 +58,13 @@ class SelectiveBackpropHook(TrainingHook):
 
     def select_batch(self, trainer: HookContext, batch: Microbatch) -> Microbatch:
         candidates = batch
-        while sum(b.input_ids.shape[0] for b in self.pool) < self.microbatch_size:
+        while len(self.pool) < self.microbatch_size:
             chosen = self._select(score(trainer, candidates))
             self.scored += candidates.input_ids.shape[0]
             self.selected += len(chosen)
-            if len(chosen):
-                self.pool.append(take_rows(candidates, chosen))
+            self.pool.add(take_rows(candidates, chosen))
             candidates = self.extra.draw(trainer, self.microbatch_size, self._progress)
-        pooled = concat(self.pool)
-        size = self.microbatch_size
-        rest = pooled.input_ids.shape[0] - size
-        self.pool = [take_rows(pooled, torch.arange(size, size + rest))] if rest else []
-        return take_rows(pooled, torch.arange(size))
+        return self.pool.take(self.microbatch_size)
 
     def after_step(self, trainer: HookContext, record: dict) -> None:
         record["selected_fraction"] = self.selected / max(self.scored, 1)
@@ -78,11 +72,11 @@ class SelectiveBackpropHook(TrainingHook):
     def state_dict(self) -> dict:
         """Plain values and tensors only (the pool's microbatches as dicts)."""
         return {"history": list(self.history), "generator": self.generator.get_state(),
-                "pool": [dataclasses.asdict(batch) for batch in self.pool],
+                "pool": self.pool.state_dict(),
                 "scored": self.scored, "selected": self.selected}
 
     def load_state_dict(self, state: dict) -> None:
         self.history = deque(state["history"], maxlen=self.cfg.history)
         self.generator.set_state(state["generator"])
-        self.pool = [Microbatch(**batch) for batch in state["pool"]]
+        self.pool.load_state_dict(state["pool"])
         self.scored, self.selected = int(state["scored"]), int(state["selected"])

@@ -2,9 +2,10 @@
 
 Training starts with ``initial_layers`` of the model's layers running. At each budget
 fraction in ``at`` the model grows: ``double`` copies layers ``[0, k)`` onto ``[k, 2k)``,
-``add`` copies the top layer onto the next ``add_layers`` ones. The new layers inherit
-their source's optimizer state (``optimizer_state: copy``) or every state is cleared
-(``reset``); with ``rewarmup > 0`` the learning rate is re-warmed linearly over that budget
+``add`` copies the top layer onto the next ``add_layers`` ones. Optimizer state on growth
+(``optimizer_state``): ``keep`` (NTNG) leaves the old layers' moments alone and starts the new
+layers fresh, ``copy`` gives the new layers their source's state, ``reset`` clears every
+state. With ``rewarmup > 0`` the learning rate is re-warmed linearly over that budget
 fraction after each growth, so the schedule sees the reset (NTNG grew without touching it).
 All layers exist from the start (checkpoints and the final model always hold the full
 depth); only the first ``depth`` of them run and receive gradients.
@@ -76,6 +77,8 @@ class StackingHook(TrainingHook):
                 p_dst.copy_(p_src)
                 if self.cfg.optimizer_state == "copy" and p_src in optimizer.state:
                     optimizer.state[p_dst] = copy.deepcopy(optimizer.state[p_src])
+                elif self.cfg.optimizer_state == "keep":
+                    optimizer.state.pop(p_dst, None)
         if self.cfg.optimizer_state == "reset":
             optimizer.state.clear()
         self.depth = self.layers.depth = new

@@ -1,10 +1,11 @@
 """Resumable, checksummed downloads and safe archive extraction.
 
 ``download(url, folder)`` writes to ``<name>.part`` and continues an interrupted transfer
-where it stopped (HTTP ``Range`` requests; ``file://`` URLs seek), then verifies the SHA-256
-against the expected value (from the caller or ``checksums.json``) before renaming the file
-into place. Without a recorded checksum the computed one is printed and recorded next to the
-file (``<name>.sha256``) so a later re-download is checked against it.
+where it stopped (HTTP ``Range`` requests; ``file://`` URLs seek), then verifies the file
+against its expected checksums (``md5:`` as Zenodo publishes them, ``sha256:`` from the
+caller or ``checksums.json``) and size before renaming it into place. Without a recorded
+SHA-256 the computed one is printed and recorded next to the file (``<name>.sha256``) so a
+later re-download is checked against it.
 """
 
 from __future__ import annotations
@@ -26,13 +27,28 @@ class DownloadError(RuntimeError):
     """A transfer, checksum or archive problem, with what to do about it."""
 
 
-def sha256_of(path: Path) -> str:
-    """Hex SHA-256 of a file."""
-    digest = hashlib.sha256()
+def digest_of(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file (``sha256``, ``md5``, any ``hashlib`` name)."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(CHUNK), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def sha256_of(path: Path) -> str:
+    """Hex SHA-256 of a file."""
+    return digest_of(path, "sha256")
+
+
+def _mismatch(path: Path, checksums: list[str]) -> str | None:
+    """The first ``algo:hex`` of ``checksums`` that ``path`` fails, with what it has instead."""
+    for checksum in checksums:
+        algorithm, _, expected = checksum.partition(":")
+        actual = digest_of(path, algorithm)
+        if actual != expected.lower():
+            return f"{algorithm.upper()} {actual} does not match the expected {expected}"
+    return None
 
 
 def known_checksum(name: str) -> str | None:
@@ -63,8 +79,13 @@ def _open(url: str, offset: int):
 
 
 def download(url: str, folder: str | Path, sha256: str | None = None,
-             name: str | None = None) -> Path:
-    """Fetch ``url`` into ``folder`` (resuming a ``.part`` file) and verify its checksum."""
+             name: str | None = None, checksums: list[str] | tuple[str, ...] = (),
+             size: int | None = None) -> Path:
+    """Fetch ``url`` into ``folder`` (resuming a ``.part`` file) and verify it.
+
+    ``checksums`` are ``algo:hex`` strings (e.g. Zenodo's ``md5:...``); ``sha256`` (or the
+    value in ``checksums.json``) is checked too; ``size`` is the expected byte count.
+    """
     if urllib.parse.urlparse(url).scheme not in ("http", "https", "file"):
         raise DownloadError(f"Unsupported URL scheme: {url}")
     folder = Path(folder)
@@ -72,29 +93,38 @@ def download(url: str, folder: str | Path, sha256: str | None = None,
     name = name or file_name(url)
     target, part = folder / name, folder / f"{name}.part"
     expected = sha256 or known_checksum(name)
+    wanted = [*checksums, *([f"sha256:{expected}"] if expected else [])]
     if target.is_file():
-        if expected is None or sha256_of(target) == expected:
+        if _mismatch(target, wanted) is None:
             print(f"{target} already complete")
             return target
-        target.rename(part)  # wrong content: start over below
-        part.unlink()
+        target.unlink()  # wrong content: start over below
     offset = part.stat().st_size if part.is_file() else 0
-    stream, total, from_offset = _open(url, offset)
-    if not from_offset:
-        offset = 0  # server ignored the range: restart
-    with stream, open(part, "ab" if offset else "wb") as out:
-        if offset:
-            print(f"resuming {name} at {offset} bytes")
-        for block in iter(lambda: stream.read(CHUNK), b""):
-            out.write(block)
-    size = part.stat().st_size
-    if total is not None and size != total:
-        raise DownloadError(f"{name}: got {size} of {total} bytes; rerun to resume.")
-    actual = sha256_of(part)
-    if expected is not None and actual != expected:
+    if size is not None and offset > size:
+        part.unlink()  # longer than the file: not a prefix of it
+        offset = 0
+    total = None
+    if size is None or offset < size:  # a complete .part needs no request (HTTP 416)
+        stream, total, from_offset = _open(url, offset)
+        if not from_offset:
+            offset = 0  # server ignored the range: restart
+        with stream, open(part, "ab" if offset else "wb") as out:
+            if offset:
+                print(f"resuming {name} at {offset} bytes")
+            for block in iter(lambda: stream.read(CHUNK), b""):
+                out.write(block)
+    got = part.stat().st_size
+    total = size if size is not None else total
+    if total is not None and got < total:
+        raise DownloadError(f"{name}: got {got} of {total} bytes; rerun to resume.")
+    problem = _mismatch(part, wanted)
+    if problem is None and total is not None and got != total:
+        problem = f"size {got} does not match the expected {total}"
+    if problem is not None:
         part.unlink()
-        raise DownloadError(f"{name}: SHA-256 {actual} does not match the expected {expected}; "
-                            f"the partial file was removed, rerun to download again.")
+        raise DownloadError(f"{name}: {problem}; the partial file was removed, rerun to "
+                            f"download again.")
+    actual = sha256_of(part)
     part.rename(target)
     if expected is None:
         (folder / f"{name}.sha256").write_text(f"{actual}  {name}\n")

@@ -1,9 +1,10 @@
 """Download NTNG's published irreducible losses and convert them for ``method=rho_loss``.
 
-    python -m ntng_assets.download_il_losses --dataset minipile [--dest outputs/ntng/il] \\
-        [--fingerprint <data fingerprint>]
+    python -m ntng_assets.download_il_losses --dataset c4 [--dest outputs/ntng/il] \\
+        [--fingerprint <data fingerprint>]          # or bcwk / mp (MiniPile)
 
-NTNG ships tar archives of pickled ``{example_index: loss}`` chunks. They are read with a
+The files come from NTNG's Zenodo record 8279728 (``il_losses_<dataset>.tar``, size and MD5
+checked, resumable). They hold pickled ``{example_index: loss}`` chunks, read with a
 restricted unpickler (plain ints/floats and numpy scalars only, never arbitrary objects) and
 written as one ``il_losses.npz`` (:class:`efficient_training.rho_loss.IrreducibleLosses`).
 NTNG's keys are positions in *their* processed stream, so the file only fits a run on the
@@ -21,13 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from efficient_training.rho_loss import IrreducibleLosses
+from ntng_assets import zenodo
 from ntng_assets.download import DownloadError, download, extract, flatten
 
-URLS = {
-    "minipile": "https://www.dropbox.com/s/cmvq41yx16f7gmj/minipile_losses.tar?dl=1",
-    "bcwk": "https://www.dropbox.com/s/vt8ggnhscyb8ov1/bcwk_il_losses.tar?dl=1",
-    "c4": "https://www.dropbox.com/s/a7qs3vkccyly3h1/c4_il_losses.tar?dl=1",
-}
+DATASETS = ("c4", "bcwk", "mp")  # NTNG's names (JeanKaddour/NoTrainNoGain, bert/README.md)
 _ALLOWED = {("builtins", "dict"), ("builtins", "float"), ("builtins", "int"),
             ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
             ("numpy._core.multiarray", "scalar")}
@@ -64,15 +62,20 @@ def convert(folder: Path, out: Path, fingerprint: str = "") -> Path:
 def main(argv: list[str] | None = None) -> Path:
     """Download (resumable, checked), unpack and convert; returns the ``.npz`` path."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--dataset", choices=sorted(URLS), default="minipile")
+    parser.add_argument("--dataset", choices=DATASETS, default="c4")
     parser.add_argument("--dest", default="outputs/ntng/il")
-    parser.add_argument("--url", default=None, help="override the dataset's URL")
+    parser.add_argument("--url", default=None, help="fetch this URL instead of Zenodo's file")
     parser.add_argument("--sha256", default=None, help="expected checksum of the archive")
+    parser.add_argument("--zenodo", default=zenodo.ZENODO, help="Zenodo (or a mirror) base URL")
     parser.add_argument("--fingerprint", default="",
                         help="data fingerprint of the run the losses belong to")
     args = parser.parse_args(argv)
     dest = Path(args.dest) / args.dataset
-    archive = download(args.url or URLS[args.dataset], dest / "download", args.sha256)
+    name = f"il_losses_{args.dataset}.tar"
+    if args.url:
+        archive = download(args.url, dest / "download", args.sha256)
+    else:
+        archive = zenodo.fetch(name, dest / "download", args.zenodo)
     chunks = extract(archive, dest / "chunks")
     flatten(chunks)
     out = convert(chunks, dest / "il_losses.npz", args.fingerprint)

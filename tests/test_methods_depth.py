@@ -21,7 +21,8 @@ def config(overrides, *extra):
 
 
 STACK = ["arch.num_layers=4", "method=stacking", "method.stacking.initial_layers=1",
-         "method.stacking.at=[0.25,0.5]", "budget=8", "train.validate_at_end=false"]
+         "method.stacking.at=[0.25,0.5]", "method.stacking.optimizer_state=copy", "budget=8",
+         "train.validate_at_end=false"]
 
 
 class GrowthProbe(TrainingHook):

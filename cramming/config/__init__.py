@@ -164,12 +164,21 @@ def to_typed(cfg: DictConfig | Mapping, schema: type[T], choices: Mapping[str, t
 register_resolvers()
 
 
-def compose(config_name: str = "pretrain",
-            overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """Compose a config like the command line would, without starting a Hydra run."""
+def compose(config_name: str = "pretrain", overrides: list[str] | tuple[str, ...] = (),
+            translate: bool = True) -> DictConfig:
+    """Compose a config like the command line would, without starting a Hydra run.
+
+    With ``translate``, NTNG's and Cramming's keys are first rewritten to ours
+    (:mod:`cramming.config.foreign`), as the entry scripts do.
+    """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+
+    if translate:
+        from cramming.config.foreign import translate_overrides
+
+        overrides = translate_overrides(overrides, config_name)
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):

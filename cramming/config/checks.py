@@ -324,6 +324,10 @@ def check_method_options(cfg: PretrainConfig) -> None:
         _require(0 < method.rho_loss.keep_fraction <= 1,
                  f"method.rho_loss.keep_fraction={method.rho_loss.keep_fraction} must be in "
                  f"(0, 1].")
+        mega = method.rho_loss.mega_batch_size
+        _require(mega is None or mega >= cfg.train.batch_size,
+                 f"method.rho_loss.mega_batch_size={mega} must be at least train.batch_size="
+                 f"{cfg.train.batch_size} (the rows kept from each mega-batch).")
     if optim.name == "sophiag":
         _require(optim.hessian_interval >= 1, "train.optim.hessian_interval must be >= 1.")
         _require(optim.rho > 0, "train.optim.rho must be > 0.")

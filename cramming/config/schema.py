@@ -36,7 +36,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "wandb.mode": ("offline", "online", "disabled"),
     "method.selection": ("none", "selective_backprop", "rho_loss"),
     "method.stacking.growth": ("double", "add"),
-    "method.stacking.optimizer_state": ("copy", "reset"),
+    "method.stacking.optimizer_state": ("keep", "copy", "reset"),
 }
 
 
@@ -236,8 +236,10 @@ class StackingConfig:
     initial_layers: int = 4
     growth: str = "double"  # double: copy layers [0, k) onto [k, 2k); add: copy the top layer
     add_layers: int = 1  # layers added per growth for growth=add
-    at: list[float] = field(default_factory=lambda: [0.25, 0.5])  # budget fractions
-    optimizer_state: str = "copy"  # copy: new layers get their source's state; reset: all fresh
+    at: list[float] = field(default_factory=lambda: [0.125, 0.3])  # budget fractions (NTNG)
+    # keep (NTNG): old layers keep their state, new ones start fresh; copy: new layers get
+    # their source's state; reset: every state starts fresh
+    optimizer_state: str = "keep"
     rewarmup: float = 0.0  # budget fraction of linear LR re-warmup after each growth
 
 
@@ -248,7 +250,7 @@ class LayerDropConfig:
     enabled: bool = False
     theta_min: float = 0.5  # theta(p) = theta_min + (1 - theta_min) * exp(-gamma * p)
     gamma: float = 100.0  # in units of 1 / budget
-    rescale: bool = True  # scale a kept layer's residual branch by 1 / keep-probability
+    rescale: bool = False  # true: scale a kept layer's residual by 1 / keep-prob (NTNG: no)
 
 
 @dataclass
@@ -256,7 +258,7 @@ class SelectiveBackpropConfig:
     """Selective backprop (Jiang et al. 2019): P(select) = percentile(loss)^beta."""
 
     beta: float = 1.0
-    history: int = 1024  # recent losses the percentile is taken over
+    history: int = 5000  # recent losses the percentile is taken over (NTNG)
 
 
 @dataclass
@@ -264,7 +266,8 @@ class RhoLossConfig:
     """RHO-Loss (Mindermann et al. 2022): top-k of (training loss - irreducible loss)."""
 
     il_losses: str | None = None  # file written by efficient_training/extract_il_losses.py
-    keep_fraction: float = 0.1  # selected fraction of each scored mega-batch
+    keep_fraction: float = 0.1  # train.batch_size / rows scored per selection (NTNG 1536/15360)
+    mega_batch_size: int | None = None  # rows scored per selection; set: wins over keep_fraction
 
 
 @dataclass

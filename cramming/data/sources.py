@@ -202,9 +202,13 @@ def read_hf(cfg: DataConfig) -> Iterator[str]:
     if not cfg.hf_name:
         raise DataError("data.source=hf needs data.hf_name (e.g. 'allenai/c4').")
     data_files = list(cfg.hf_data_files) or None
+    # Parquet shards of several corpora (e.g. data=bookcorpus-wikitext) differ in their other
+    # columns; reading only the text column lets them form one dataset.
+    columns = {"columns": [cfg.text_field]} if cfg.hf_name == "parquet" else {}
     try:
         dataset = datasets.load_dataset(cfg.hf_name, cfg.hf_config, split=cfg.hf_split,
-                                        streaming=cfg.streaming, data_files=data_files)
+                                        streaming=cfg.streaming, data_files=data_files,
+                                        **columns)
     except Exception as error:  # noqa: BLE001 - hub, network and format errors alike
         raise DataError(f"Cannot load dataset '{cfg.hf_name}' (config {cfg.hf_config}, split "
                         f"{cfg.hf_split}): {type(error).__name__}: {error}") from None
