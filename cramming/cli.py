@@ -131,3 +131,32 @@ def launch_pretraining(preset: dict[str, str] | None = None) -> None:
     sys.argv[1:] = arguments
     hydra.main(config_path=str(CONFIG_DIR), config_name="pretrain",
                version_base=None)(pretrain_main)()
+
+
+def eval_main(raw_cfg: DictConfig) -> None:
+    """Entry of ``eval.py``: fine-tune and score the run ``raw_cfg`` names; exit 1 on errors."""
+    from cramming.evaluation import load_checkpoint_for_eval, run_evaluation, validate_eval_config
+    from cramming.evaluation.results import markdown_table
+
+    try:
+        typed = validate_eval_config(raw_cfg)
+        out_dir = hydra_output_dir()
+        encoder, tokenizer, folder = load_checkpoint_for_eval(typed)
+        log.info("Evaluating %s on %s", folder, ", ".join(typed.eval.tasks))
+        results = run_evaluation(typed, out_dir, encoder, tokenizer, model_folder=str(folder))
+    except CrammingError as error:
+        log.error("%s", error)
+        sys.exit(1)
+    print("\n" + markdown_table(results))
+    print(f"Results written to {out_dir}/results.json and results.md")
+
+
+def launch_eval() -> None:
+    """Run ``eval.py``'s Hydra CLI (NTNG's / Cramming's keys translated first)."""
+    import hydra
+
+    from cramming.config import CONFIG_DIR, register_resolvers
+
+    register_resolvers()
+    translate_argv("eval")
+    hydra.main(config_path=str(CONFIG_DIR), config_name="eval", version_base=None)(eval_main)()

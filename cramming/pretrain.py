@@ -105,6 +105,7 @@ def _train_and_export(run: PretrainingRun) -> dict:
     summary = {"name": cfg.name, "run_dir": str(run.run_dir), "steps": run.trainer.step,
                "tokens": run.trainer.tokens, "budget": cfg.budget,
                "budget_kind": cfg.budget_kind, "budget_spent": run.trainer.clock.spent(),
+               "train_seconds": run.trainer.train_seconds,
                "final_loss": final.get("loss"), "seconds_this_session": time.time() - started,
                "arch": cfg.arch.name, "train": cfg.train.name,
                "optimizer": cfg.train.optim.name, "seed": cfg.seed}

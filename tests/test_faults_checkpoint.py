@@ -208,14 +208,15 @@ def test_selective_backprop_state_is_plain_and_restores_its_pool(tmp_path):
 
     hook = SelectiveBackpropHook(SelectiveBackpropConfig(), microbatch_size=4, seed=0)
     hook.history.extend([1.0, 2.0])
-    hook.pool = [Microbatch(torch.ones(2, 3, dtype=torch.long), torch.zeros(2, 3,
-                            dtype=torch.long), torch.arange(2), loss_weight=0.5,
-                            model_kwargs={"causal": False})]
+    hook.pool.add(Microbatch(torch.ones(2, 3, dtype=torch.long), torch.zeros(2, 3,
+                             dtype=torch.long), torch.arange(2), loss_weight=0.5,
+                             model_kwargs={"causal": False}))
     torch.save(hook.state_dict(), tmp_path / "hook.pt")
     restored = SelectiveBackpropHook(SelectiveBackpropConfig(), microbatch_size=4, seed=1)
     restored.load_state_dict(torch.load(tmp_path / "hook.pt", weights_only=True))
-    (batch,) = restored.pool
-    assert torch.equal(batch.input_ids, hook.pool[0].input_ids) and batch.loss_weight == 0.5
+    (batch,) = restored.pool.batches
+    assert torch.equal(batch.input_ids, hook.pool.batches[0].input_ids)
+    assert batch.loss_weight == 0.5
     assert batch.model_kwargs == {"causal": False} and list(restored.history) == [1.0, 2.0]
     assert torch.equal(restored.generator.get_state(), hook.generator.get_state())
 

@@ -51,7 +51,8 @@ def test_rank_split_logs_per_kind_like_the_one_process_mix(tiny_overrides, tmp_p
             share = ratio[0] / ratio[1]
             assert one["loss"] == pytest.approx(share * one["loss_mlm"]
                                                 + (1 - share) * one["loss_clm"], rel=1e-5)
-    assert single[-1]["accuracy_mlm"] > 0 and single[-1]["accuracy_clm"] > 0
+    for kind in ("mlm", "clm"):  # logged, not a constant: some step predicts some tokens
+        assert max(r[f"accuracy_{kind}"] for r in single) > 0, kind
     weights = [load_model_folder(tmp_path / run / "model").model.state_dict()
                for run in ("one", "ranks")]
     for name, value in weights[0].items():

@@ -169,7 +169,10 @@ def test_representative_commands_run_two_steps(tiny_overrides, tmp_path):
     for number, (name, script, command) in enumerate(NTNG_COMMANDS):
         if name not in ("stacking", "layer_drop", "sb_free", "lion", "sophia_free"):
             continue
-        typed = [a for a in command.split() if not a.startswith("budget=")]
+        # a steps budget stands in for NTNG's hours, so its hour-based validation interval
+        # does not apply (commands as typed, with hours, are composed above)
+        typed = [a for a in command.split()
+                 if not a.startswith(("budget=", "impl.validate_every_hours="))]
         arguments = [*typed, *tiny_overrides, "dryrun=true"]
         if name == "stacking":  # bert-tiny's depth: 1 -> 2 -> 4 instead of NTNG's 4 -> 8 -> 16
             arguments += ["arch.num_layers=4", "method.stacking.initial_layers=1"]
@@ -200,7 +203,7 @@ def test_ntng_rho_loss_pipeline_and_eval_as_typed(tiny_overrides, pretrain_base_
     assert np.isfinite(il.losses).all() and len(il.ids) > 100
 
     rho = run(["pretrain_bert_rho_loss.py", "name=rho", "seed=0",
-               "train.validation_set.fraction=0.2", "impl.validate_every_hours=3",
+               "train.validation_set.fraction=0.2",  # impl.validate_every_hours: hours only
                f"train.rho_loss.il_losses_path={base / 'il_model'}",
                "train.rho_loss.mega_batch_size=3072", "train.track_forward_pass_only=false",
                *tiny])

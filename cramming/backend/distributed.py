@@ -169,10 +169,10 @@ def no_sync_unless(last: bool, model: torch.nn.Module) -> contextlib.AbstractCon
     return contextlib.nullcontext()
 
 
-def _full_state_options():
+def _full_state_options(strict: bool = True):
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return StateDictOptions(full_state_dict=True, cpu_offload=True, strict=strict)
 
 
 def shard_model(model: torch.nn.Module) -> None:
@@ -214,7 +214,9 @@ def load_full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Opt
                               state: dict) -> None:
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
-    set_optimizer_state_dict(model, optimizer, state, options=_full_state_options())
+    # not strict: parameters without state when saved (layers a stacking run has not grown
+    # into yet, or whose moments it reset) stay without state, as they were
+    set_optimizer_state_dict(model, optimizer, state, options=_full_state_options(strict=False))
 
 
 def release_distributed() -> None:

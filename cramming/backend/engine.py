@@ -125,6 +125,7 @@ class Trainer:
         self.step = 0
         self.microbatches = 0  # global microbatches (one per rank at a time)
         self.tokens = 0  # global training tokens
+        self.train_seconds = 0.0  # wall time in training steps, over all sessions
         self.progress = 0.0  # budget progress, agreed by all ranks after each step
         self._stop_signal: int | None = None
         # what the data stream depends on: saved with every checkpoint, checked on resume
@@ -137,6 +138,7 @@ class Trainer:
         """Everything a resume needs; collective under DDP (RNG streams of every rank)."""
         return {
             "step": self.step, "microbatches": self.microbatches, "tokens": self.tokens,
+            "train_seconds": self.train_seconds,
             **self.strategy.state_dict(),  # optimizer (and loss scaler)
             "clock": self.clock.state_dict(),
             "streams": {name: dict(state) for name, state in self.streams.items()},
@@ -152,6 +154,7 @@ class Trainer:
                           self.cfg.resume_allow_data_change)
         self.step, self.microbatches = state["step"], state["microbatches"]
         self.tokens = state["tokens"]
+        self.train_seconds = float(state.get("train_seconds", 0.0))
         self.strategy.load_state_dict(state)
         self.clock.load_state_dict(state["clock"])
         self.streams = {name: {"position": int(value["position"]), "draws": int(value["draws"])}
@@ -358,6 +361,7 @@ class Trainer:
             record["grad_norm"] = grad_norm
         record["data_wait_seconds"] = self.data_wait
         record["step_seconds"] = time.perf_counter() - started
+        self.train_seconds += record["step_seconds"]
         for hook in self.hooks:
             hook.after_step(self, record)
         return record
@@ -469,7 +473,10 @@ class Trainer:
         """
         with uncharged(self.clock):
             scores = self.validation.run(self.model, self.runtime, self.progress)
-        record = {"step": self.step, "progress": self.progress, **scores}
+        # where on the budget (its own unit), in tokens and in training wall time
+        record = {"step": self.step, "progress": self.progress, "tokens": self.tokens,
+                  "budget_spent": self.clock.spent(), "train_seconds": self.train_seconds,
+                  **scores}
         if self.logger is not None:
             self.logger.log(record)
         if self.context.is_main:
