@@ -31,13 +31,13 @@ def build_hooks(cfg: PretrainConfig, model: nn.Module, prepared,
     """The method hooks ``cfg`` asks for, in a fixed order (depth, selection, optimizer, log).
 
     ``method.train_on_held_out`` (RHO's irreducible-loss model) swaps ``prepared.train``
-    and ``prepared.val`` in place, so the engine trains on the held-out split.
+    and ``prepared.val`` in place, so the engine trains on the held-out split. On
+    ``world_size`` processes (DDP) every method equals one process with a ``world_size``
+    times larger microbatch.
     """
     method, micro = cfg.method, cfg.impl.microbatch_size
     if world_size > 1 and uses_training_method(cfg):
-        raise ConfigError(
-            f"The efficient-training methods (method.*, train/optim=sophiag) run on one process "
-            f"so far; this run has {world_size}. Start it without torchrun, or use method=none.")
+        _check_several_processes(cfg, world_size)
     hooks: list[TrainingHook] = []
     if method.train_on_held_out:
         if len(prepared.val) == 0:
@@ -75,9 +75,30 @@ def build_hooks(cfg: PretrainConfig, model: nn.Module, prepared,
     if cfg.train.optim.name == "sophiag":
         from efficient_training.sophia_hessian import SophiaHessianHook
 
-        hooks.append(SophiaHessianHook(cfg.train.optim, micro, cfg.seed))
+        hooks.append(SophiaHessianHook(cfg.train.optim, micro, cfg.seed, world_size))
     if cfg.budget_kind == "rst":
         from efficient_training.rst_log import RSTLogHook
 
         hooks.append(RSTLogHook())
     return hooks
+
+
+def _check_several_processes(cfg: PretrainConfig, world_size: int) -> None:
+    """What the methods need on ``world_size`` processes: DDP, and global row counts that
+    split evenly over the ranks."""
+    if cfg.impl.distributed != "ddp":
+        raise ConfigError(
+            f"The efficient-training methods (method.*, train/optim=sophiag) change which layers "
+            f"run or read gradients between steps; on several processes they run under "
+            f"impl.distributed=ddp, not {cfg.impl.distributed}.")
+    counts = {"train.optim.hessian_batch_size": cfg.train.optim.hessian_batch_size
+              if cfg.train.optim.name == "sophiag" else None}
+    if cfg.method.selection == "rho_loss":
+        from efficient_training.rho_loss import mega_batch_size
+
+        counts["the RHO-Loss mega-batch"] = mega_batch_size(cfg.method.rho_loss,
+                                                            cfg.train.batch_size)
+    for name, rows in counts.items():
+        if rows is not None and rows % world_size:
+            raise ConfigError(f"{name} ({rows} rows) is split over the {world_size} processes: "
+                              f"make it a multiple of {world_size}.")

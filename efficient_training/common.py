@@ -1,4 +1,10 @@
-"""Helpers shared by the batch-selection and Hessian hooks: extra data, scoring, row picking."""
+"""Helpers shared by the batch-selection and Hessian hooks: extra data, scoring, row picking.
+
+On several processes a selection hook works on *global* microbatches, the rows of all ranks
+in rank order (what one process with an N times larger microbatch has): :func:`gather_rows`
+builds one from each rank's share, :func:`score_globally` scores it with each rank scoring
+only its own share, and :func:`rank_share` hands each rank its part of a selected one.
+"""
 
 from __future__ import annotations
 
@@ -106,5 +112,31 @@ def score(trainer: HookContext, batch: Microbatch) -> torch.Tensor:
                                 return_per_example_loss=True, **batch.model_kwargs)
     trainer.clock.charge_microbatch(Work(sequences=batch.input_ids.shape[0],
                                          tokens=batch.input_ids.numel(), kind="forward",
-                                         active_layers=active_layers(trainer.model)))
+                                         active_layers=active_layers(trainer.model),
+                                         replicas=trainer.context.world_size))
     return outputs["per_example_loss"].float().cpu()
+
+
+def gather_rows(trainer: HookContext, share: Microbatch) -> Microbatch:
+    """The global microbatch whose rank ``r`` part is rank ``r``'s ``share`` (every rank)."""
+    if not trainer.context.enabled:
+        return share
+    return concat(trainer.context.all_gather_objects(share))
+
+
+def rank_share(trainer: HookContext, batch: Microbatch) -> Microbatch:
+    """This rank's equal part of the global microbatch ``batch``."""
+    world, rank = trainer.context.world_size, trainer.context.rank
+    if world == 1:
+        return batch
+    rows = batch.input_ids.shape[0] // world
+    return take_rows(batch, torch.arange(rank * rows, (rank + 1) * rows))
+
+
+def score_globally(trainer: HookContext, batch: Microbatch) -> torch.Tensor:
+    """Per-example losses of the global microbatch ``batch`` on every rank; each rank
+    scores (and is charged for) only its own share."""
+    losses = score(trainer, rank_share(trainer, batch))
+    if not trainer.context.enabled:
+        return losses
+    return torch.cat(trainer.context.all_gather_objects(losses))

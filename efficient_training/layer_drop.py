@@ -6,6 +6,10 @@ The global keep probability decays with budget progress ``p``:
 is kept with ``1 - (i + 1) / L * (1 - theta(p))``, so deeper layers are dropped more often.
 Each microbatch samples which layers run; kept layers' residual branches are scaled by
 ``1 / keep`` when ``rescale`` is on. In eval mode every layer runs.
+
+The draws come from a generator seeded alike on every process and drawn once per forward
+pass on each, so all ranks of a DDP run skip the same layers in every pass (its gradient
+reduction needs that) and the run equals one process with an N times larger microbatch.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ class LayerDropHook(TrainingHook):
 
     def before_step(self, trainer: HookContext) -> None:
         depth = self.layers.depth  # stacking may run fewer layers than exist
-        self.layers.keep_probs = keep_probabilities(trainer.clock.progress(), depth, self.cfg)
+        self.layers.keep_probs = keep_probabilities(trainer.progress, depth, self.cfg)
 
     def after_step(self, trainer: HookContext, record: dict) -> None:
         record["theta"] = theta(trainer.clock.progress(), self.cfg)

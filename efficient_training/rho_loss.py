@@ -10,6 +10,11 @@ handed over since the last selection and is filled up from the hook's own data s
 irreducible losses come from a model trained on the held-out split (``method=il_model``) and
 are looked up by each row's stable ``example_id`` (never by position, which shuffling
 changes). :mod:`efficient_training.extract_il_losses` writes the file.
+
+On N processes the mega-batch, the selection and the pool are global (every rank's rows, see
+:mod:`.common`) and the same on every rank; each rank scores and trains on its share, so
+the run equals one process with an N times larger microbatch (the mega-batch must then be
+a multiple of N).
 """
 
 from __future__ import annotations
@@ -25,7 +30,15 @@ from cramming.backend.hooks import TrainingHook
 from cramming.config.schema import RhoLossConfig
 from cramming.errors import ConfigError, DataError
 from cramming.objectives import Microbatch
-from efficient_training.common import ExtraBatches, RowPool, concat, score, take_rows
+from efficient_training.common import (
+    ExtraBatches,
+    RowPool,
+    concat,
+    gather_rows,
+    rank_share,
+    score_globally,
+    take_rows,
+)
 
 if TYPE_CHECKING:
     from cramming.backend.hooks import HookContext
@@ -99,22 +112,24 @@ class RhoLossHook(TrainingHook):
         self.last_reducible = float("nan")
 
     def before_step(self, trainer: HookContext) -> None:
-        self._progress = trainer.clock.progress()
+        self._progress = trainer.progress
 
     def select_batch(self, trainer: HookContext, batch: Microbatch) -> Microbatch:
-        self.pending.add(batch)
-        if len(self.pool) < self.microbatch_size:
-            self._select(trainer)
-        return self.pool.take(self.microbatch_size)
+        world = trainer.context.world_size
+        self.pending.add(gather_rows(trainer, batch))  # global rows: every rank checkpoints them
+        if len(self.pool) < self.microbatch_size * world:
+            self._select(trainer, world)
+        return rank_share(trainer, self.pool.take(self.microbatch_size * world))
 
-    def _select(self, trainer: HookContext) -> None:
+    def _select(self, trainer: HookContext, world: int) -> None:
         parts = self.pending.drain()
         rows = sum(part.input_ids.shape[0] for part in parts)
         while rows < self.mega_batch:
-            size = min(self.microbatch_size, self.mega_batch - rows)
-            parts.append(self.extra.draw(trainer, size, self._progress))
+            size = min(self.microbatch_size * world, self.mega_batch - rows)
+            parts.append(gather_rows(trainer,
+                                     self.extra.draw(trainer, size // world, self._progress)))
             rows += size
-        reducible = torch.cat([score(trainer, part) - self.il.lookup(part.example_ids)
+        reducible = torch.cat([score_globally(trainer, part) - self.il.lookup(part.example_ids)
                                for part in parts])
         top = torch.topk(reducible, min(self.selected_rows, rows)).indices.sort().values
         self.last_reducible = float(reducible[top].mean())

@@ -6,6 +6,10 @@ Candidates are scored by a forward pass; each is selected for backprop with prob
 losses (including the current ones). Selected rows are pooled until a full microbatch is
 ready; that microbatch is what the engine trains on. Scoring passes are charged to the
 budget clock as forward-only work.
+
+On N processes the candidates, history, draws and pool are global (every rank's rows, see
+:mod:`.common`) and the same on every rank; each rank scores and trains on its share, so
+the run equals one process with an N times larger microbatch.
 """
 
 from __future__ import annotations
@@ -18,7 +22,14 @@ import torch
 from cramming.backend.hooks import TrainingHook
 from cramming.config.schema import SelectiveBackpropConfig
 from cramming.objectives import Microbatch
-from efficient_training.common import ExtraBatches, RowPool, score, take_rows
+from efficient_training.common import (
+    ExtraBatches,
+    RowPool,
+    gather_rows,
+    rank_share,
+    score_globally,
+    take_rows,
+)
 
 if TYPE_CHECKING:
     from cramming.backend.hooks import HookContext
@@ -48,7 +59,7 @@ class SelectiveBackpropHook(TrainingHook):
         self._progress = 0.0
 
     def before_step(self, trainer: HookContext) -> None:
-        self._progress = trainer.clock.progress()
+        self._progress = trainer.progress
 
     def _select(self, losses: torch.Tensor) -> torch.Tensor:
         self.history.extend(losses.tolist())
@@ -57,14 +68,16 @@ class SelectiveBackpropHook(TrainingHook):
         return (draws < probs).nonzero().squeeze(1)
 
     def select_batch(self, trainer: HookContext, batch: Microbatch) -> Microbatch:
-        candidates = batch
-        while len(self.pool) < self.microbatch_size:
-            chosen = self._select(score(trainer, candidates))
-            self.scored += candidates.input_ids.shape[0]
+        size = self.microbatch_size * trainer.context.world_size  # global microbatch
+        candidates = batch  # this rank's share
+        while len(self.pool) < size:
+            rows = gather_rows(trainer, candidates)
+            chosen = self._select(score_globally(trainer, rows))
+            self.scored += rows.input_ids.shape[0]
             self.selected += len(chosen)
-            self.pool.add(take_rows(candidates, chosen))
+            self.pool.add(take_rows(rows, chosen))
             candidates = self.extra.draw(trainer, self.microbatch_size, self._progress)
-        return self.pool.take(self.microbatch_size)
+        return rank_share(trainer, self.pool.take(size))
 
     def after_step(self, trainer: HookContext, record: dict) -> None:
         record["selected_fraction"] = self.selected / max(self.scored, 1)

@@ -9,6 +9,11 @@ state. With ``rewarmup > 0`` the learning rate is re-warmed linearly over that b
 fraction after each growth, so the schedule sees the reset (NTNG grew without touching it).
 All layers exist from the start (checkpoints and the final model always hold the full
 depth); only the first ``depth`` of them run and receive gradients.
+
+On N processes every rank grows at the same step (growth reads the budget progress all
+ranks agreed on) and copies the same weights and optimizer state; DDP is built to find the
+layers that do not run (:class:`cramming.backend.strategy.TorchStrategy`), so it needs no
+rebuild when more of them start running.
 """
 
 from __future__ import annotations
@@ -61,7 +66,7 @@ class StackingHook(TrainingHook):
         self.layers.depth = self.depth
 
     def before_step(self, trainer: HookContext) -> None:
-        progress = trainer.clock.progress()
+        progress = trainer.progress
         while len(self.grown_at) < len(self.cfg.at) and \
                 progress >= self.cfg.at[len(self.grown_at)]:
             self.grow(trainer.optimizer, progress)

@@ -34,6 +34,7 @@ if __name__ == "__main__":
                               hooks=[recorder])
     rank = int(os.environ.get("RANK", "0"))
     record = {"example_ids": recorder.example_ids, "steps": summary["steps"],
+              "progress": recorder.progress,
               "train_ids": recorder.train_ids,
               "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
     (run_dir / f"seen_rank{rank}.json").write_text(json.dumps(record))

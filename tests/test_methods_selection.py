@@ -135,11 +135,19 @@ def test_selective_backprop_lion_and_layer_drop_compose(tiny_overrides, tmp_path
     assert summary["steps"] == 2 and "theta" in record and "selected_fraction" in record
 
 
-def test_methods_on_several_processes_are_refused_with_the_way_out():
+def test_methods_on_several_processes_need_ddp_and_even_row_counts():
     from efficient_training import build_hooks
 
     cfg = load_pretrain_config(compose("pretrain", ["method=selective_backprop"]))
-    with pytest.raises(ConfigError, match="without torchrun"):
-        build_hooks(cfg, model=None, prepared=None, world_size=2)
-    plain = load_pretrain_config(compose("pretrain", []))
+    assert [hook.name for hook in build_hooks(cfg, None, None, world_size=2)] == \
+        ["selective_backprop"]
+    fsdp = load_pretrain_config(compose("pretrain", ["method=selective_backprop",
+                                                     "impl.distributed=fsdp"]))
+    with pytest.raises(ConfigError, match="impl.distributed=ddp"):
+        build_hooks(fsdp, model=None, prepared=None, world_size=2)
+    sophia = load_pretrain_config(compose("pretrain", ["train/optim=sophiag",
+                                                       "train.optim.hessian_batch_size=9"]))
+    with pytest.raises(ConfigError, match="multiple of 2"):
+        build_hooks(sophia, model=None, prepared=None, world_size=2)
+    plain = load_pretrain_config(compose("pretrain", ["impl.distributed=fsdp"]))
     assert build_hooks(plain, model=None, prepared=None, world_size=2) == []

@@ -58,6 +58,23 @@ class DistributedContext:
         dist.gather_object(value, gathered, dst=0)
         return gathered
 
+    def all_gather_objects(self, value: object) -> list[object]:
+        """Every rank's ``value`` on every rank, in rank order."""
+        if not self.enabled:
+            return [value]
+        gathered: list[object] = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
+    def sum_in_place(self, tensors: list[torch.Tensor]) -> None:
+        """Each of ``tensors`` becomes its sum over all ranks (one flat all-reduce)."""
+        if not self.enabled or not tensors:
+            return
+        flat = torch.cat([tensor.reshape(-1) for tensor in tensors])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        for tensor, part in zip(tensors, flat.split([t.numel() for t in tensors])):
+            tensor.copy_(part.view_as(tensor))
+
 
 def _first_slurm_host() -> str | None:
     nodelist = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")

@@ -20,9 +20,11 @@ class HookContext(Protocol):
     """What a hook may use of the trainer."""
 
     step: int  # optimizer steps taken
+    progress: float  # budget progress at this step's start, the same on every rank
     model: nn.Module
     runtime: Any  # device and autocast (cramming.backend.runtime.Runtime)
     clock: Any  # the budget clock: progress(), charge_microbatch(work), ...
+    context: Any  # the processes (cramming.backend.distributed.DistributedContext)
 
     @property
     def optimizer(self) -> torch.optim.Optimizer: ...

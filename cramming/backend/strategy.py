@@ -26,6 +26,7 @@ from cramming.backend.distributed import (
 )
 from cramming.backend.optimizers import build_optimizer
 from cramming.backend.runtime import Runtime, compile_model
+from cramming.config.checks import skips_layers
 from cramming.config.schema import PretrainConfig
 from cramming.errors import CheckpointError
 
@@ -99,8 +100,12 @@ class TorchStrategy(Strategy):
         self.forward_model = compile_model(self.model, cfg.impl, self.shards_parameters)
         if context.enabled and not self.shards_parameters:
             device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-            self.forward_model = nn.parallel.DistributedDataParallel(self.forward_model,
-                                                                     device_ids=device_ids)
+            # Stacking and layer dropping leave layers out of a pass (the same ones on every
+            # rank): DDP must look for them each step. All layers exist from the start, so
+            # growth needs no rebuild of the wrapper.
+            self.forward_model = nn.parallel.DistributedDataParallel(
+                self.forward_model, device_ids=device_ids,
+                find_unused_parameters=skips_layers(cfg))
         self.optimizer = build_optimizer(self.model, cfg.train.optim, runtime.device)
         self.scaler = torch.amp.GradScaler(runtime.device.type,
                                            enabled=runtime.needs_grad_scaler)

@@ -188,6 +188,11 @@ def uses_training_method(cfg: PretrainConfig) -> bool:
             or method.selection != "none" or cfg.train.optim.name == "sophiag")
 
 
+def skips_layers(cfg: PretrainConfig) -> bool:
+    """Whether a method runs only some of the layers in a pass (stacking, layer dropping)."""
+    return cfg.method.stacking.enabled or cfg.method.layer_drop.enabled
+
+
 def check_deepspeed_options(cfg: PretrainConfig) -> None:
     """DeepSpeed installed, its config file sound, and nothing asked that it cannot do."""
     from cramming.config.deepspeed_config import (
