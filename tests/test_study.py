@@ -70,18 +70,18 @@ def test_cell_files_compose_to_the_methods_settings(tmp_path):
     study = compose_study(["name=s", f"base_dir={tmp_path}", "study=demo",
                            "study.methods=[baseline,stacking,lion,rho_loss]"])
     il_cells, cells = plan_cells(study.cfg)
-    assert [c.key for c in il_cells] == ["il_model-b60-s0", "il_model-b60-s1"]  # once per seed
-    assert len(cells) == 4 * 1 * 2
+    assert [c.key for c in il_cells] == ["il_model-b40-s0", "il_model-b40-s1"]  # once per seed
+    assert len(cells) == 4 * 2 * 2
     folder = write_cell_configs(study.cfg, [*il_cells, *cells])
     common = [f"hydra.searchpath=['file://{folder}']", f"base_dir={tmp_path}",
               *study.cfg.study.pretrain]
-    stacking = load_pretrain_config(compose("pretrain", [*common, "+study_cell=stacking-b60-s1"]))
-    assert (stacking.name, stacking.seed, stacking.budget) == ("s/stacking-b60-s1", 1, 60)
+    stacking = load_pretrain_config(compose("pretrain", [*common, "+study_cell=stacking-b40-s1"]))
+    assert (stacking.name, stacking.seed, stacking.budget) == ("s/stacking-b40-s1", 1, 40)
     assert stacking.method.stacking.enabled and stacking.method.stacking.initial_layers == 1
     assert stacking.train.validate_every_fraction == 0.2 and stacking.arch.name == "bert-small"
-    lion = load_pretrain_config(compose("pretrain", [*common, "+study_cell=lion-b60-s0"]))
+    lion = load_pretrain_config(compose("pretrain", [*common, "+study_cell=lion-b40-s0"]))
     assert lion.train.optim.name == "lion" and not lion.method.stacking.enabled
-    rho = load_pretrain_config(compose("pretrain", [*common, "+study_cell=rho_loss-b60-s1"]))
+    rho = load_pretrain_config(compose("pretrain", [*common, "+study_cell=rho_loss-b40-s1"]))
     assert rho.method.selection == "rho_loss"
     assert rho.method.rho_loss.il_losses == str(tmp_path / "s" / "il_losses" / "seed-1.npz")
 
@@ -103,7 +103,7 @@ def test_bad_study_settings_fail_in_one_line(tmp_path):
     # bert-small has 4 layers: stacking from 4 initial layers cannot grow; named per cell
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "study cell stacking-b60-s0" in errors[0], result.stderr
+    assert len(errors) == 1 and "study cell stacking-b40-s0" in errors[0], result.stderr
 
 
 def test_tiny_study_end_to_end_rerun_and_resume(tmp_path):

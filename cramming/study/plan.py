@@ -39,6 +39,7 @@ class StudySettings:
     finetune: list[str] = field(default_factory=list)  # overrides of every eval.py job
     method_overrides: dict[str, list[str]] = field(default_factory=dict)
     launcher: str | None = None  # hydra/launcher option for both multiruns
+    processes: int = 1  # > 1: each pretraining cell on this many local processes (torchrun)
     validate_every_fraction: float | None = 0.1
     il_model_budget: float | None = None
     confidence: float = 0.95
@@ -74,6 +75,12 @@ def load_study_config(cfg: DictConfig | Mapping) -> StudyConfig:
                               f"got {values}.")
     if any(b <= 0 for b in study.budgets):
         raise ConfigError(f"study.budgets must be positive, got {study.budgets}.")
+    if study.processes < 1:
+        raise ConfigError(f"study.processes must be >= 1, got {study.processes}.")
+    if study.processes > 1 and study.launcher:
+        raise ConfigError("study.processes starts local processes with torchrun; with "
+                          "study.launcher set, ask the launcher for them instead (e.g. "
+                          "hydra.launcher.tasks_per_node in study.pretrain).")
     if not 0 < study.confidence < 1:
         raise ConfigError(f"study.confidence must be in (0, 1), got {study.confidence}.")
     if not typed.name or "/" in typed.name or typed.name.startswith("."):

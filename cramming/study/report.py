@@ -200,7 +200,7 @@ def markdown(manifest: dict, rows: list[dict]) -> str:
         f"read the interval: above 0 better, below 0 worse, else no significant difference.",
         "",
         f"| method | budget ({unit}) | score | Δ score [{confidence}% CI] | verdict | "
-        f"held-out MLM loss | Δ loss [{confidence}% CI] | tokens | {unit} spent | "
+        f"held-out MLM loss | Δ loss [{confidence}% CI], verdict | tokens | {unit} spent | "
         f"wall clock | cells |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -210,7 +210,7 @@ def markdown(manifest: dict, rows: list[dict]) -> str:
             f"| {r['method']} | {r['budget']:g} | {_fmt(r['score']['mean'], r['score']['std'])} "
             f"| {_interval(vs.get('score')) if vs else 'baseline'} | {vs.get('verdict', '')} "
             f"| {_fmt(r['val_loss']['mean'], r['val_loss']['std'], 3)} "
-            f"| {_interval(vs.get('val_loss')) if vs else ''} "
+            f"| {_interval(vs.get('val_loss')) + ' ' + vs['val_loss_verdict'] if vs else ''} "
             f"| {_fmt(r['tokens'], digits=0)} | {_fmt(r['budget_spent'], digits=3)} "
             f"| {_hours(r['train_seconds'])} | {r['pretrained']}/{r['cells']} |")
     tasks = sorted({t for r in rows for t in r["tasks"]})

@@ -176,16 +176,25 @@ def _manifest(study: Study, cells: list[Cell], il_cells: list[Cell] = ()) -> dic
 
 
 def pretrain(study: Study, cells: list[Cell], search_path: Path, stage: str) -> None:
-    """One multirun over the cells whose model does not exist yet."""
+    """One multirun over the cells whose model does not exist yet.
+
+    With ``study.processes`` > 1 each cell is its own torchrun (one after another): a
+    process group lives for one run, so the ranks of a multirun cannot share one torchrun.
+    """
     remaining = [c for c in cells if finished_model(study.cfg, c) is None]
     log.info("%s: %d of %d cells to run", stage, len(remaining), len(cells))
-    if not remaining:
-        return
-    _run([sys.executable, "-m", "cramming", "pretrain", "-m",
-          f"hydra.searchpath=['file://{search_path}']",
-          f"+{CELL_GROUP}={','.join(c.key for c in remaining)}",
-          f"base_dir={_base_dir(study.cfg)}", "resume=auto", f"hydra.sweep.subdir={CELL_SUBDIR}",
-          *_launcher(study.cfg), *study.cfg.study.pretrain], stage, study)
+    common = [f"hydra.searchpath=['file://{search_path}']", f"base_dir={_base_dir(study.cfg)}",
+              "resume=auto", *study.cfg.study.pretrain]
+    processes = study.cfg.study.processes
+    if processes > 1:
+        for cell in remaining:
+            _run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                  f"--nproc_per_node={processes}", "-m", "cramming", "pretrain",
+                  f"+{CELL_GROUP}={cell.key}", *common], f"{stage} ({cell.key})", study)
+    elif remaining:
+        _run([sys.executable, "-m", "cramming", "pretrain", "-m",
+              f"+{CELL_GROUP}={','.join(c.key for c in remaining)}",
+              f"hydra.sweep.subdir={CELL_SUBDIR}", *_launcher(study.cfg), *common], stage, study)
 
 
 def extract_il_losses(study: Study, il_cells: list[Cell]) -> None:
