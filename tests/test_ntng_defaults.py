@@ -123,14 +123,14 @@ def test_rho_loss_keeps_the_top_batch_of_each_mega_batch(tiny_overrides, tmp_pat
     il = IrreducibleLosses.load(il_file)
 
     scored = []  # (example ids, training losses) of every scoring pass, in order
-    real_score = rho_loss_module.score
+    real_score = rho_loss_module.score_globally
 
     def recording_score(trainer, batch):
         losses = real_score(trainer, batch)
         scored.append((batch.example_ids.clone(), losses.clone()))
         return losses
 
-    monkeypatch.setattr(rho_loss_module, "score", recording_score)
+    monkeypatch.setattr(rho_loss_module, "score_globally", recording_score)
     trained = TrainedRows()
     run_pretraining(config(*tiny_overrides, "method=rho_loss", "budget=2",
                            f"method.rho_loss.il_losses={il_file}",
