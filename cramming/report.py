@@ -45,7 +45,8 @@ class RunRow:
         return (self.arch, self.recipe, self.method, self.optimizer, str(self.seed))
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
+    """A JSON object file, or {} when it is missing, torn or not an object."""
     try:
         value = json.loads(path.read_text())
         return value if isinstance(value, dict) else {}
@@ -138,7 +139,7 @@ def find_evaluations(root: Path) -> dict[tuple[str, str], list[dict]]:
     """
     found: dict[tuple[str, str], list[dict]] = {}
     for results_file in sorted(Path(root).glob("*/eval/*/results.json")):
-        results = _read_json(results_file)
+        results = read_json(results_file)
         key = run_key(results.get("model_folder") or "")
         if key is not None:
             found.setdefault(key, []).append(results)
@@ -151,7 +152,7 @@ def read_run(folder: Path, evaluations: dict[tuple[str, str], list[dict]] | None
     name = folder.parent.parent.name
     row = RunRow(name=name, folder=folder)
     config = _read_yaml(folder / "config.yaml") or _read_yaml(folder / "model" / "config.yaml")
-    summary = _read_json(folder / "summary.json")
+    summary = read_json(folder / "summary.json")
     train = _section(config, "train")
     row.arch = str(_section(config, "arch").get("name") or summary.get("arch") or "-")
     row.recipe = str(train.get("name") or summary.get("train") or "-")
@@ -266,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     known = {(row.name, row.folder.name) for row in rows}
     orphans = [str(path) for path in sorted(root.glob("*/eval/*/results.json"))
-               if run_key(_read_json(path).get("model_folder") or "") not in known]
+               if run_key(read_json(path).get("model_folder") or "") not in known]
     if orphans:  # never guessed from the run name
         print(f"{len(orphans)} evaluation(s) not shown: their model_folder names no run folder "
               f"under {root}: {', '.join(orphans)}")

@@ -130,8 +130,13 @@ def is_rho_loss(overrides: list[str] | tuple[str, ...]) -> bool:
     return "method=rho_loss" in overrides
 
 
+def base_dir(cfg: StudyConfig) -> Path:
+    """The resolved ``base_dir``: cells run from other working directories (launchers)."""
+    return Path(cfg.base_dir).expanduser().resolve()
+
+
 def study_dir(cfg: StudyConfig) -> Path:
-    return Path(cfg.base_dir).expanduser().resolve() / cfg.name
+    return base_dir(cfg) / cfg.name
 
 
 def run_name(cfg: StudyConfig, cell: Cell) -> str:

@@ -16,6 +16,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cramming.backend.metrics import read_jsonl
+from cramming.report import read_json
 from cramming.study.stats import difference, mean_std, verdict
 
 MANIFEST = "study.json"
@@ -42,30 +44,6 @@ class CellResult:
         return mean_std(list(self.scores.values()))[0]
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text())
-        return value if isinstance(value, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _jsonl(path: Path) -> list[dict]:
-    records = []
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return records
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a torn last line
-        if isinstance(record, dict):
-            records.append(record)
-    return records
-
-
 def finetune_scores(results: dict) -> tuple[float | None, dict[str, float]]:
     """(average, per-task score) of one fine-tuning results.json (last epoch, one seed).
 
@@ -83,7 +61,7 @@ def finetune_scores(results: dict) -> tuple[float | None, dict[str, float]]:
 
 def collect(folder: Path) -> tuple[dict, list[CellResult]]:
     """The manifest and every cell's results."""
-    manifest = _read_json(folder / MANIFEST)
+    manifest = read_json(folder / MANIFEST)
     if not manifest:
         raise FileNotFoundError(f"{folder / MANIFEST} is missing or unreadable: not a study "
                                 f"folder (run python -m cramming.study name=... first).")
@@ -95,11 +73,11 @@ def collect(folder: Path) -> tuple[dict, list[CellResult]]:
         runs = sorted((base / entry["run_name"] / "pretrain").glob("*/summary.json"))
         if runs:
             cell.run_folder = runs[-1].parent
-            cell.summary = _read_json(runs[-1])
-            cell.curve = [r for r in _jsonl(cell.run_folder / "metrics.jsonl")
-                          if "val_loss" in r]
+            cell.summary = read_json(runs[-1])
+            cell.curve = [r for r in read_jsonl(cell.run_folder / "metrics.jsonl")
+                          if isinstance(r, dict) and "val_loss" in r]
         for seed in seeds:
-            results = _read_json(base / entry["run_name"] / "eval" / f"{tag}-seed{seed}"
+            results = read_json(base / entry["run_name"] / "eval" / f"{tag}-seed{seed}"
                                  / "results.json")
             average, tasks = finetune_scores(results)
             if average is not None:

@@ -18,12 +18,13 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from cramming.config import CONFIG_DIR, check_override_keys, compose, load_pretrain_config
-from cramming.errors import ConfigError, CrammingError
+from cramming.errors import CheckpointError, ConfigError, CrammingError
 from cramming.evaluation.config import EvalSettings, validate_eval_config
 from cramming.study.plan import (
     CELL_GROUP,
     Cell,
     StudyConfig,
+    base_dir,
     eval_tag,
     il_losses_file,
     load_study_config,
@@ -94,19 +95,18 @@ def _launcher(cfg: StudyConfig) -> list[str]:
     return [f"hydra/launcher={cfg.study.launcher}"] if cfg.study.launcher else []
 
 
-def _base_dir(cfg: StudyConfig) -> str:
-    return str(Path(cfg.base_dir).expanduser().resolve())
-
-
 def finished_model(cfg: StudyConfig, cell: Cell) -> Path | None:
     """The cell's model folder once its pretraining has finished, else None."""
-    found = sorted((Path(_base_dir(cfg)) / run_name(cfg, cell) / "pretrain").glob(
-        "*/model/arch.json"))
-    return found[-1].parent if found else None
+    from cramming.backend.checkpoint import find_model_folder
+
+    try:
+        return find_model_folder(base_dir(cfg), name=run_name(cfg, cell))
+    except CheckpointError:
+        return None
 
 
 def finetune_folder(study: Study, cell: Cell, seed: int) -> Path:
-    return (Path(_base_dir(study.cfg)) / run_name(study.cfg, cell) / "eval"
+    return (base_dir(study.cfg) / run_name(study.cfg, cell) / "eval"
             / f"{eval_tag(study.finetune)}-seed{seed}")
 
 
@@ -129,7 +129,7 @@ def check_cells(study: Study, cells: list[Cell], search_path: Path) -> None:
         try:
             load_pretrain_config(compose("pretrain", [
                 f"hydra.searchpath=['file://{search_path}']", f"+{CELL_GROUP}={cell.key}",
-                f"base_dir={_base_dir(study.cfg)}", *study.cfg.study.pretrain]))
+                f"base_dir={base_dir(study.cfg)}", *study.cfg.study.pretrain]))
         except CrammingError as error:
             raise ConfigError(f"study cell {cell.key}: {error}") from None
 
@@ -165,7 +165,7 @@ def _manifest(study: Study, cells: list[Cell], il_cells: list[Cell] = ()) -> dic
                 "overrides": list(cell.overrides), "pretrain": list(cfg.study.pretrain),
                 "budget_kind": cfg.budget_kind}
 
-    return {"name": cfg.name, "preset": cfg.study.name, "base_dir": _base_dir(cfg),
+    return {"name": cfg.name, "preset": cfg.study.name, "base_dir": str(base_dir(cfg)),
             "budget_kind": cfg.budget_kind, "baseline": cfg.study.baseline,
             "methods": cfg.study.methods, "budgets": cfg.study.budgets,
             "seeds": cfg.study.seeds, "confidence": cfg.study.confidence,
@@ -183,7 +183,7 @@ def pretrain(study: Study, cells: list[Cell], search_path: Path, stage: str) -> 
     """
     remaining = [c for c in cells if finished_model(study.cfg, c) is None]
     log.info("%s: %d of %d cells to run", stage, len(remaining), len(cells))
-    common = [f"hydra.searchpath=['file://{search_path}']", f"base_dir={_base_dir(study.cfg)}",
+    common = [f"hydra.searchpath=['file://{search_path}']", f"base_dir={base_dir(study.cfg)}",
               "resume=auto", *study.cfg.study.pretrain]
     processes = study.cfg.study.processes
     if processes > 1:
@@ -205,7 +205,7 @@ def extract_il_losses(study: Study, il_cells: list[Cell]) -> None:
         out = il_losses_file(study.cfg, cell.seed)
         if not out.is_file():
             log.info("Irreducible losses of %s -> %s", cell.key, out)
-            extract(finished_model(study.cfg, cell), out, base_dir=_base_dir(study.cfg),
+            extract(finished_model(study.cfg, cell), out, base_dir=str(base_dir(study.cfg)),
                     seed=cell.seed)
 
 
@@ -221,7 +221,7 @@ def finetune(study: Study, cells: list[Cell]) -> None:
         _run([sys.executable, "-m", "cramming", "eval", "-m",
               f"name={','.join(run_name(study.cfg, c) for c in remaining)}",
               f"eval={study.eval_choice}", *study.eval_overrides, f"eval.seeds=[{seed}]",
-              f"base_dir={_base_dir(study.cfg)}", f"hydra.sweep.dir={_base_dir(study.cfg)}",
+              f"base_dir={base_dir(study.cfg)}", f"hydra.sweep.dir={base_dir(study.cfg)}",
               f"hydra.sweep.subdir=${{name}}/eval/{tag}-seed{seed}",
               *_launcher(study.cfg), *study.cfg.study.finetune], f"Fine-tuning seed {seed}", study)
 
